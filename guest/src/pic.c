@@ -18,8 +18,23 @@ static void write_mask(void)
     outb(PIC2 + 1, mask >> 8);
 }
 
+/* Route the 8259's INTR straight to the CPU: clear IA32_APIC_BASE.EN (MSR
+ * 0x1B bit 11), which turns the local APIC off entirely. Firmware differs here:
+ * SeaBIOS leaves the LAPIC in virtual-wire mode (LVT0 = ExtINT), qboot leaves
+ * LVT0 masked, and then a KVM vCPU never sees PIC interrupts. With the APIC
+ * globally disabled the result no longer depends on the firmware, and vmmd
+ * need not emulate LAPIC set-up for us. */
+static void lapic_disable(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1B));
+    lo &= ~(1u << 11);
+    __asm__ volatile("wrmsr" :: "a"(lo), "d"(hi), "c"(0x1B));
+}
+
 void pic_init(void)
 {
+    lapic_disable();
     outb(PIC1, 0x11);            /* ICW1: edge (ELCR overrides), cascade, ICW4 */
     outb(PIC2, 0x11);
     outb(PIC1 + 1, 32);          /* ICW2: vector base */
