@@ -1,0 +1,79 @@
+// swift-tools-version:6.0
+//
+// One package for the whole system. The tree shows the privilege split:
+// five daemons and a CLI, each a thin executable over shared libraries that
+// each do one job (see docs/ARCHITECTURE.md).
+import PackageDescription
+
+let package = Package(
+    name: "colo",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "vmmd", targets: ["vmmd"]),
+        .executable(name: "checkpointd", targets: ["checkpointd"]),
+        .executable(name: "proxyd", targets: ["proxyd"]),
+        .executable(name: "blockd", targets: ["blockd"]),
+        .executable(name: "supervisord", targets: ["supervisord"]),
+        .executable(name: "coloctl", targets: ["coloctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
+    ],
+    targets: [
+        // C libraries reached through pkg-config.
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
+                       providers: [.apt(["libsystemd-dev"])]),
+        // Macros and inline functions Swift cannot import.
+        .target(name: "CSupport"),
+
+        // The local control protocol: generated messages plus helpers.
+        .target(name: "ColoProtocol", dependencies: [
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
+        // SOCK_SEQPACKET control sockets with fd passing and peer checks.
+        .target(name: "ControlSocket", dependencies: [
+            "CSupport", "ColoProtocol",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Socket activation, readiness, watchdog, journald.
+        .target(name: "Systemd", dependencies: [
+            "CSystemd",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Seccomp allowlists and privilege dropping.
+        .target(name: "Sandbox", dependencies: [
+            "CSeccomp", "CSupport",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // What every daemon's main shares.
+        .target(name: "DaemonRuntime", dependencies: [
+            "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+
+        .executableTarget(name: "vmmd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "checkpointd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "proxyd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "blockd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "supervisord", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "coloctl", dependencies: [
+            "ColoProtocol", "ControlSocket",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "ColoProtocolTests", dependencies: ["ColoProtocol"]),
+        .testTarget(name: "ControlSocketTests", dependencies: ["ControlSocket", "ColoProtocol"]),
+        .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

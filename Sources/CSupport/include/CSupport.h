@@ -1,0 +1,75 @@
+// C shims for what Swift cannot call directly: function-like macros, variadic
+// functions and declarations glibc only exposes under _GNU_SOURCE. Each
+// function is tiny and says why it exists; everything else is Swift.
+#ifndef COLO_CSUPPORT_H
+#define COLO_CSUPPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+
+/// CMSG_SPACE is a macro: bytes of control buffer needed for `length` bytes
+/// of ancillary payload, padding included.
+size_t colo_cmsg_space(size_t length);
+
+/// CMSG_LEN is a macro: the cmsg_len value for `length` bytes of payload.
+size_t colo_cmsg_len(size_t length);
+
+/// CMSG_FIRSTHDR is a macro: the first control header of a received message.
+struct cmsghdr *colo_cmsg_firsthdr(struct msghdr *message);
+
+/// CMSG_NXTHDR is a macro: the control header after `header`, or NULL.
+struct cmsghdr *colo_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *header);
+
+/// CMSG_DATA is a macro: where a control header's payload starts.
+unsigned char *colo_cmsg_data(struct cmsghdr *header);
+
+/// struct ucred and SO_PEERCRED are only declared under _GNU_SOURCE, which
+/// Swift's Glibc module does not define. Returns 0 or -1 with errno set.
+int colo_peer_credentials(int socket, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// prctl is variadic. Sets no_new_privs so that execve can never grant
+/// privileges again; required before an unprivileged seccomp filter.
+/// Returns 0 or -1 with errno set.
+int colo_set_no_new_privs(void);
+
+/// prctl is variadic. Reads the no_new_privs flag back for status reports.
+int colo_get_no_new_privs(void);
+
+/// memfd_create is only declared under _GNU_SOURCE. Returns the fd or -1.
+int colo_memfd_create(const char *name, unsigned int flags);
+
+/// MFD_* flags are macros under _GNU_SOURCE; exported as constants.
+extern const unsigned int colo_mfd_cloexec;
+extern const unsigned int colo_mfd_allow_sealing;
+
+/// fcntl is variadic and F_ADD_SEALS / F_GET_SEALS are _GNU_SOURCE macros.
+/// Adds `seals` (a combination of the colo_seal_* constants) to a memfd.
+int colo_add_seals(int fd, int seals);
+int colo_get_seals(int fd);
+extern const int colo_seal_shrink;
+extern const int colo_seal_grow;
+extern const int colo_seal_seal;
+
+/// capset(2) has no glibc wrapper and libcap would be a whole dependency for
+/// two calls. Empties the ambient, bounding, inheritable, permitted and
+/// effective capability sets. Returns 0 or -1 with errno set.
+int colo_drop_all_capabilities(void);
+
+/// capget(2), likewise: the effective set as a bitmask, or -1 with errno set.
+int colo_effective_capabilities(uint64_t *mask);
+
+/// syscall(2) is variadic. The sandbox probe calls a syscall by number with
+/// up to three arguments to see whether the seccomp filter refuses it.
+long colo_syscall3(long number, long a, long b, long c);
+
+/// pthread_setname_np is only declared under _GNU_SOURCE. Names the calling
+/// thread (at most 15 bytes) so `top -H` and core dumps show its job.
+void colo_set_thread_name(const char *name);
+
+/// accept4 is only declared under _GNU_SOURCE. Accepts with SOCK_CLOEXEC set
+/// atomically, so no child a daemon spawns inherits a control connection.
+int colo_accept_cloexec(int socket);
+
+#endif

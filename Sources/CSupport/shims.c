@@ -1,0 +1,73 @@
+#define _GNU_SOURCE
+#include "CSupport.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <errno.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+size_t colo_cmsg_space(size_t length) { return CMSG_SPACE(length); }
+
+size_t colo_cmsg_len(size_t length) { return CMSG_LEN(length); }
+
+struct cmsghdr *colo_cmsg_firsthdr(struct msghdr *message) { return CMSG_FIRSTHDR(message); }
+
+struct cmsghdr *colo_cmsg_nxthdr(struct msghdr *message, struct cmsghdr *header) {
+    return CMSG_NXTHDR(message, header);
+}
+
+unsigned char *colo_cmsg_data(struct cmsghdr *header) { return CMSG_DATA(header); }
+
+int colo_peer_credentials(int socket, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred credentials;
+    socklen_t length = sizeof(credentials);
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
+}
+
+int colo_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
+
+int colo_get_no_new_privs(void) { return prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0); }
+
+int colo_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+
+const unsigned int colo_mfd_cloexec = MFD_CLOEXEC;
+const unsigned int colo_mfd_allow_sealing = MFD_ALLOW_SEALING;
+
+int colo_add_seals(int fd, int seals) { return fcntl(fd, F_ADD_SEALS, seals); }
+int colo_get_seals(int fd) { return fcntl(fd, F_GET_SEALS); }
+const int colo_seal_shrink = F_SEAL_SHRINK;
+const int colo_seal_grow = F_SEAL_GROW;
+const int colo_seal_seal = F_SEAL_SEAL;
+
+int colo_drop_all_capabilities(void) {
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) return -1;
+    for (int cap = 0; cap <= 63; cap++) {
+        if (prctl(PR_CAPBSET_READ, cap, 0, 0, 0) < 0) break; /* past the kernel's last capability */
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EPERM) return -1;
+    }
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
+    return (int)syscall(SYS_capset, &header, data);
+}
+
+int colo_effective_capabilities(uint64_t *mask) {
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    if (syscall(SYS_capget, &header, data) != 0) return -1;
+    *mask = ((uint64_t)data[1].effective << 32) | data[0].effective;
+    return 0;
+}
+
+long colo_syscall3(long number, long a, long b, long c) { return syscall(number, a, b, c); }
+
+void colo_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
+
+int colo_accept_cloexec(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC); }

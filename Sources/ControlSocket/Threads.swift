@@ -1,0 +1,68 @@
+internal import CSupport
+import Glibc
+import SystemPackage
+
+/// Runs `body` on a new detached OS thread.
+///
+/// Control sockets block in poll/recvmsg; doing that on Swift concurrency's
+/// small cooperative pool would starve every other task, so readers get
+/// threads of their own.
+public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) {
+    final class Box: @unchecked Sendable {
+        let name: String
+        let body: @Sendable () -> Void
+        init(name: String, body: @escaping @Sendable () -> Void) {
+            self.name = name
+            self.body = body
+        }
+    }
+    let box = Unmanaged.passRetained(Box(name: name, body: body)).toOpaque()
+    var thread = pthread_t()
+    let result = pthread_create(&thread, nil, { argument in
+        let box = Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue()
+        // Linux thread names are at most 15 bytes.
+        colo_set_thread_name(String(box.name.prefix(15)))
+        box.body()
+        return nil
+    }, box)
+    precondition(result == 0, "pthread_create failed: \(result)")
+    pthread_detach(thread)
+}
+
+/// A pipe for waking threads blocked in poll. Until `drain()` is called the
+/// read end stays readable, so one `signal()` wakes every thread polling it
+/// (how a server stops all its readers) or, drained by its one reader, wakes
+/// that reader once (how a client reschedules its deadline).
+public final class WakeupPipe: Sendable {
+    public let readEnd: FileDescriptor
+    private let writeEnd: FileDescriptor
+
+    public init() throws(ControlSocketError) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw .system(operation: "pipe", errno: Errno(rawValue: errno)) }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+        }
+        readEnd = FileDescriptor(rawValue: fds[0])
+        writeEnd = FileDescriptor(rawValue: fds[1])
+    }
+
+    deinit {
+        try? readEnd.close()
+        try? writeEnd.close()
+    }
+
+    /// Makes the read end readable. Never blocks: a full pipe is readable
+    /// already.
+    public func signal() {
+        var byte: UInt8 = 1
+        _ = write(writeEnd.rawValue, &byte, 1)
+    }
+
+    /// Empties the pipe so that the read end stops being readable.
+    public func drain() {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        while read(readEnd.rawValue, &buffer, buffer.count) > 0 {}
+    }
+}

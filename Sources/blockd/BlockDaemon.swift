@@ -1,0 +1,19 @@
+import ArgumentParser
+import DaemonRuntime
+
+/// `blockd`: Serves the guest's disk and replicates it to the peer over NBD.
+@main
+struct BlockDaemon: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "blockd",
+        abstract: "Serves the guest's disk and replicates it to the peer over NBD.",
+        version: coloVersion)
+
+    @OptionGroup var options: DaemonOptions
+
+    func run() async throws {
+        try await DaemonHost.run(name: "blockd", options: options, policy: seccompPolicy) { _ in
+            IdleService()
+        }
+    }
+}

@@ -1,0 +1,89 @@
+import ArgumentParser
+import ColoProtocol
+import ControlSocket
+import Glibc
+import SwiftProtobuf
+
+/// `coloctl status`: every local daemon's state, version and pid.
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show the state, version and pid of supervisord and every daemon it manages.",
+        discussion: "Exits 0 when all answer, 3 when a daemon is down, 2 when supervisord cannot be reached.")
+
+    @OptionGroup var connection: ConnectionOptions
+
+    func run() async throws {
+        let status: ColoHostStatus
+        do {
+            let client = try ControlClient(connectingTo: connection.socketPath)
+            defer { client.close() }
+            let response = try await client.call(.hostStatus(ColoHostStatusRequest()),
+                                                  timeout: .milliseconds(Int64(connection.timeout * 1000)))
+            guard case .hostStatus(let reply) = response.message.body else {
+                throw ControlSocketError.malformedMessage("supervisord answered with another message")
+            }
+            status = reply
+        } catch {
+            printError("coloctl: supervisord at \(connection.socketPath) did not answer: \(error)")
+            throw ColoctlExit.supervisorUnreachable
+        }
+        if connection.json {
+            var options = JSONEncodingOptions()
+            options.preserveProtoFieldNames = true
+            print(try status.jsonString(options: options))
+        } else {
+            print(Self.table(status))
+        }
+        let down = status.daemons.filter { $0.status.daemon.isEmpty }
+        if !down.isEmpty {
+            printError("coloctl: down: " + down.map(\.daemon).joined(separator: ", "))
+            throw ColoctlExit.daemonDown
+        }
+    }
+
+    static func table(_ status: ColoHostStatus) -> String {
+        var rows = [["DAEMON", "STATE", "PID", "VERSION", "UPTIME", "SANDBOX", "SOCKET"]]
+        func row(_ daemon: String, _ status: ColoDaemonStatus) -> [String] {
+            let sandbox = status.sandbox.seccompFilterInstalled
+                ? "seccomp(\(status.sandbox.allowedSyscallCount))" : "off"
+            return [daemon, status.state, String(status.pid), status.version,
+                    formatUptime(status.uptimeMs), sandbox, status.socketOrigin]
+        }
+        rows.append(row("supervisord", status.supervisor))
+        for report in status.daemons {
+            switch report.outcome {
+            case .status(let daemonStatus): rows.append(row(report.daemon, daemonStatus))
+            case .unreachable(let error): rows.append([report.daemon, "DOWN", "-", "-", "-", "-", error.message])
+            case .none: rows.append([report.daemon, "UNKNOWN", "-", "-", "-", "-", "-"])
+            }
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            zip(row, widths).enumerated().map { index, pair in
+                index == row.count - 1 ? pair.0 : pair.0.padding(to: pair.1)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    static func formatUptime(_ milliseconds: UInt64) -> String {
+        let seconds = milliseconds / 1000
+        if seconds < 60 { return "\(seconds)s" }
+        if seconds < 3600 { return "\(seconds / 60)m\(seconds % 60)s" }
+        return "\(seconds / 3600)h\(seconds / 60 % 60)m"
+    }
+}
+
+func printError(_ message: String) {
+    var bytes = Array((message + "\n").utf8)
+    _ = write(STDERR_FILENO, &bytes, bytes.count)
+}
+
+func environmentValue(_ name: String) -> String? {
+    getenv(name).map { String(cString: $0) }
+}
+
+extension String {
+    func padding(to width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+}
