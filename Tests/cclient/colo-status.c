@@ -14,6 +14,12 @@
  *       refusal with id 0), 2 transport or protocol failure.
  */
 #define _GNU_SOURCE
+/* The generated header comes before <errno.h>: a proto field may be named
+ * `errno` (SandboxProbeOutcome has one), and once <errno.h> has made errno
+ * a macro, that struct member no longer parses. This file never touches
+ * such a member, so declaring the structs first is enough. */
+#include "colo/control/envelope.pb-c.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -24,8 +30,6 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-
-#include "colo/control/envelope.pb-c.h"
 
 enum { EXIT_STATUS_OK = 0, EXIT_ERROR_REPLY = 1, EXIT_TRANSPORT = 2 };
 
@@ -180,6 +184,15 @@ static uint8_t *receive_datagram(int fd, int timeout_ms, int send_err, size_t *l
     do {
         n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
     } while (n < 0 && errno == EINTR);
+    /* A daemon that refuses us sends its id-0 error and closes while our
+     * request is still unread in its queue; the kernel then flags
+     * ECONNRESET on our socket, and recvmsg reports that flag before the
+     * queued datagram. Reading the flag clears it: try once more, without
+     * waiting, to get the refusal that explains the reset. */
+    if (n < 0 && errno == ECONNRESET) {
+        n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (n < 0) errno = ECONNRESET;
+    }
     if (n < 0) fail_transport(send_err ? "send" : "recvmsg", send_err ? send_err : errno);
     close_received_fds(&msg);
     if (n == 0)
