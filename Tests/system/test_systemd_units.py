@@ -442,6 +442,29 @@ def test_operator_allowed_through_environment_file(container):
         c.run(["systemctl", "restart", unit])
 
 
+def sandboxed_status(c, as_daemon: str, target: str) -> tuple[int, str]:
+    """Run the C client inside as_daemon's unit sandbox (systemd-run with the
+    unit's settings, so also its user and ProtectSystem=strict) against the
+    target daemon's socket."""
+    r = c.run(["systemd-run", "--wait", "--pipe", "--quiet", "--collect", *unit_sandbox_properties(as_daemon),
+               "/usr/local/bin/colo-status", "--json", f"/run/colo/{INSTANCE}/{target}.sock"], check=False)
+    return r.returncode, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("daemon", MANAGED)
+def test_sandboxes_allow_exactly_the_designed_connections(container, daemon):
+    """From inside supervisord's sandbox every managed daemon answers; from
+    inside another managed daemon's sandbox its socket cannot be opened."""
+    c = container
+    rc, out = sandboxed_status(c, "supervisord", daemon)
+    assert rc == 0 and json.loads(out.splitlines()[0])["status"]["daemon"] == daemon, out
+    other = "vmmd" if daemon != "vmmd" else "proxyd"
+    rc, out = sandboxed_status(c, other, daemon)
+    assert rc != 0 and "Permission denied" in out, out
+    rc, out = sandboxed_status(c, daemon, "supervisord")
+    assert rc != 0 and "Permission denied" in out, out
+
+
 def test_supervisord_reaches_every_daemon(container):
     """supervisord, in its own sandbox and as its own user, reaches every
     other daemon's socket: the HostStatus it returns has a status (not an
