@@ -52,6 +52,11 @@ let package = Package(
             "CSeccomp", "CSupport",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // memfds: guest RAM, the colo-cache, bulk data handed between daemons.
+        .target(name: "SharedMemory", dependencies: [
+            "CSupport",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -71,7 +76,8 @@ let package = Package(
         ]),
 
         .testTarget(name: "ColoProtocolTests", dependencies: ["ColoProtocol"]),
-        .testTarget(name: "ControlSocketTests", dependencies: ["ControlSocket", "ColoProtocol"]),
+        .testTarget(name: "ControlSocketTests", dependencies: ["ControlSocket", "ColoProtocol", "SharedMemory"]),
+        .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
     ],

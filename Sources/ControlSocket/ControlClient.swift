@@ -117,6 +117,10 @@ public final class ControlClient: Sendable {
                 }
                 try socket.send(bytes, fds: fds)
             } catch {
+                // A daemon that refused this peer has already sent its reason
+                // and closed: the reader delivers that reason (or EOF) to
+                // every waiting request, this one included.
+                if error == .disconnected { return }
                 if let pending = state.withLock({ $0.pending.removeValue(forKey: id) }) {
                     pending.continuation.resume(returning: .failure(error))
                 }

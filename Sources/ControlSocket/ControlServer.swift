@@ -246,6 +246,14 @@ private final class Connection: Sendable {
     }
 
     deinit {
+        // Closing a Unix socket with unread datagrams makes the peer's next
+        // read fail with ECONNRESET before it sees the reason we sent it. After
+        // shutdown nothing new can arrive, so empty the queue, then close.
+        // (Datagrams read without a control buffer have their fds discarded
+        // by the kernel, never installed here.)
+        _ = Glibc.shutdown(socket.fd.rawValue, Int32(SHUT_RDWR))
+        var scratch = [UInt8](repeating: 0, count: 256)
+        while recv(socket.fd.rawValue, &scratch, scratch.count, Int32(MSG_DONTWAIT)) > 0 {}
         socket.close()
     }
 

@@ -64,30 +64,50 @@ public struct SeccompPolicy: Sendable {
     /// Compiles the policy and loads it for every thread of the process
     /// (TSYNC), after setting no_new_privs. Irreversible.
     public func install() throws(SandboxError) {
+        let filter = try compile()
+        defer { filter.release() }
+        try Privileges.setNoNewPrivileges()
+        let status = seccomp_load(filter.context)
+        guard status == 0 else { throw .seccomp("seccomp_load", status) }
+    }
+
+    /// A compiled filter not yet loaded.
+    struct CompiledFilter {
+        let context: scmp_filter_ctx
+        func release() { seccomp_release(context) }
+    }
+
+    /// Builds the libseccomp filter; fails on a rule libseccomp cannot
+    /// express, such as an unknown syscall name.
+    func compile() throws(SandboxError) -> CompiledFilter {
         // SCMP_ACT_ERRNO(x) and SCMP_ACT_ALLOW are macros.
         let refuse = UInt32(0x0005_0000) | UInt32(Self.refusalErrno)
         let allow = UInt32(0x7fff_0000)
-        guard let context = seccomp_init(refuse) else { throw .seccomp("seccomp_init", 0) }
-        defer { seccomp_release(context) }
-        var status = seccomp_attr_set(context, SCMP_FLTATR_CTL_TSYNC, 1)
-        guard status == 0 else { throw .seccomp("seccomp_attr_set(TSYNC)", status) }
-        for rule in rules {
-            let number = seccomp_syscall_resolve_name(rule.name)
-            guard number != __NR_SCMP_ERROR else { throw .unknownSyscall(rule.name) }
-            var comparisons = rule.conditions.map { condition -> scmp_arg_cmp in
-                switch condition.test {
-                case .equals(let value):
-                    return scmp_arg_cmp(arg: condition.argumentIndex, op: SCMP_CMP_EQ, datum_a: value, datum_b: 0)
-                case .maskedEquals(let mask, let value):
-                    return scmp_arg_cmp(arg: condition.argumentIndex, op: SCMP_CMP_MASKED_EQ, datum_a: mask, datum_b: value)
+        guard let context = seccomp_init(refuse) else { throw .seccomp("seccomp_init", -ENOMEM) }
+        let filter = CompiledFilter(context: context)
+        do throws(SandboxError) {
+            var status = seccomp_attr_set(context, SCMP_FLTATR_CTL_TSYNC, 1)
+            guard status == 0 else { throw .seccomp("seccomp_attr_set(TSYNC)", status) }
+            for rule in rules {
+                let number = seccomp_syscall_resolve_name(rule.name)
+                guard number != __NR_SCMP_ERROR else { throw .unknownSyscall(rule.name) }
+                var comparisons = rule.conditions.map { condition -> scmp_arg_cmp in
+                    switch condition.test {
+                    case .equals(let value):
+                        return scmp_arg_cmp(arg: condition.argumentIndex, op: SCMP_CMP_EQ, datum_a: value, datum_b: 0)
+                    case .maskedEquals(let mask, let value):
+                        return scmp_arg_cmp(arg: condition.argumentIndex, op: SCMP_CMP_MASKED_EQ,
+                                            datum_a: mask, datum_b: value)
+                    }
                 }
+                status = seccomp_rule_add_array(context, allow, number, UInt32(comparisons.count), &comparisons)
+                guard status == 0 else { throw .seccomp("seccomp_rule_add(\(rule.name))", status) }
             }
-            status = seccomp_rule_add_array(context, allow, number, UInt32(comparisons.count), &comparisons)
-            guard status == 0 else { throw .seccomp("seccomp_rule_add(\(rule.name))", status) }
+        } catch {
+            filter.release()
+            throw error
         }
-        try Privileges.setNoNewPrivileges()
-        status = seccomp_load(context)
-        guard status == 0 else { throw .seccomp("seccomp_load", status) }
+        return filter
     }
 }
 
