@@ -1,0 +1,62 @@
+/* UDP control service on port 7000, one text command per datagram, one reply:
+ *   "dirty N"  -> set the dirtier to N MiB/s; reply "ok dirty=N"
+ *   "status"   -> reply "count=C dirty=N uptime_ms=T http=H"
+ *   "poweroff" -> reply "ok poweroff", then the guest powers off
+ * anything else -> "error unknown command". Trailing whitespace/newline is ignored. */
+#include "services.h"
+#include "dirtier.h"
+#include "counter.h"
+#include "cmdline.h"
+#include "pit.h"
+#include "console.h"
+#include "lwip/udp.h"
+#include <stdio.h>
+#include <string.h>
+
+volatile int poweroff_requested;
+
+static void reply(struct udp_pcb *pcb, const ip_addr_t *addr, u16_t port, const char *s)
+{
+    int n = (int)strlen(s);
+    struct pbuf *p = pbuf_alloc(PBUF_TRANSPORT, (u16_t)n, PBUF_RAM);
+    if (!p)
+        return;
+    memcpy(p->payload, s, n);
+    udp_sendto(pcb, p, addr, port);
+    pbuf_free(p);
+}
+
+static void control_recv(void *arg, struct udp_pcb *pcb, struct pbuf *p,
+                         const ip_addr_t *addr, u16_t port)
+{
+    char cmd[64], out[128];
+    int n = pbuf_copy_partial(p, cmd, sizeof cmd - 1, 0);
+    pbuf_free(p);
+    while (n > 0 && (cmd[n - 1] == '\n' || cmd[n - 1] == '\r' || cmd[n - 1] == ' '))
+        n--;
+    cmd[n] = 0;
+    uint32_t v;
+    if (n > 6 && memcmp(cmd, "dirty ", 6) == 0 && !parse_uint(cmd + 6, n - 6, 4096, &v)) {
+        dirtier_set_rate(v);
+        snprintf(out, sizeof out, "ok dirty=%u", v);
+        kprintf("COLO-GUEST DIRTY rate=%uMiB/s\n", v);
+    } else if (strcmp(cmd, "status") == 0) {
+        snprintf(out, sizeof out, "count=%lu dirty=%u uptime_ms=%lu http=%lu",
+                 counter_value(), dirtier_rate(), ticks * (1000 / TICK_HZ),
+                 http_requests_served);
+    } else if (strcmp(cmd, "poweroff") == 0) {
+        snprintf(out, sizeof out, "ok poweroff");
+        poweroff_requested = 1;
+    } else {
+        snprintf(out, sizeof out, "error unknown command");
+    }
+    reply(pcb, addr, port, out);
+}
+
+void control_init(void)
+{
+    struct udp_pcb *u = udp_new();
+    if (!u || udp_bind(u, IP_ADDR_ANY, PORT_CONTROL) != ERR_OK)
+        fatal("cannot bind UDP port %d", PORT_CONTROL);
+    udp_recv(u, control_recv, 0);
+}
