@@ -68,12 +68,28 @@ def daemons_dir() -> Path:
     missing = [n for n in DAEMONS if not os.access(d / n, os.X_OK)]
     if missing:
         pytest.fail(f"daemons {missing} not built in {d}: run scripts/setup.sh (or set COLO_DAEMONS_DIR)")
-    for n in DAEMONS:
-        ldd = subprocess.run(["ldd", str(d / n)], capture_output=True, text=True).stdout
-        if "libswift" in ldd or "not found" in ldd:
-            pytest.fail(f"{d / n} needs Swift runtime libraries the container lacks; "
-                        f"build with --static-swift-stdlib:\n{ldd}")
     return d
+
+
+@pytest.fixture(scope="module")
+def swift_runtime_dirs(daemons_dir) -> list[str]:
+    """Host directories of Swift runtime libraries the daemons link to.
+
+    scripts/setup.sh builds with --static-swift-stdlib and this is empty. A
+    build without it (e.g. a debug build) needs the toolchain's runtime
+    libraries, which the container lacks; they are bound read-only at the
+    same path (DESIGN.md section 10 allows either).
+    """
+    dirs: set[str] = set()
+    for n in DAEMONS:
+        ldd = subprocess.run(["ldd", str(daemons_dir / n)], capture_output=True, text=True).stdout
+        if "not found" in ldd:
+            pytest.fail(f"{daemons_dir / n} has unresolved libraries:\n{ldd}")
+        for line in ldd.splitlines():
+            parts = line.split()
+            if "=>" in parts and parts[0].startswith("libswift") or "=>" in parts and "/swift/" in line:
+                dirs.add(str(Path(parts[parts.index("=>") + 1]).parent))
+    return sorted(dirs)
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +100,12 @@ def cclient() -> Path:
 
 
 @pytest.fixture(scope="module")
-def container(tmp_path_factory, daemons_dir, cclient):
+def container(tmp_path_factory, daemons_dir, swift_runtime_dirs, cclient):
     """A booted container with the units installed and the demo sockets on."""
     root = nspawn.ensure_root()
     with nspawn.Container(
         root,
-        binds_ro=[(str(daemons_dir), "/usr/local/libexec/colo")],
+        binds_ro=[(str(daemons_dir), "/usr/local/libexec/colo"), *((d, d) for d in swift_runtime_dirs)],
         log_dir=tmp_path_factory.mktemp("nspawn"),
     ) as c:
         for f in sorted(UNITS.iterdir()):
