@@ -165,6 +165,7 @@ class Container:
         check their own units explicitly. The console goes to a log file
         that failures quote.
         """
+        remove_stale_cgroups()
         for d in self.cgroup_dirs:
             d.mkdir(exist_ok=True)
         cmd = [
@@ -325,6 +326,28 @@ class Container:
             return self.log_path.read_text(errors="replace")[-6000:]
         except OSError:
             return ""
+
+
+def remove_stale_cgroups() -> None:
+    """Remove cgroup directories of earlier runs that were killed before
+    their teardown (SIGKILL, a lost CI runner).
+
+    Only trees without a single process are removed, so containers of a
+    concurrent test run, which always hold processes, are left alone.
+    """
+    for h in CGROUP_HIERARCHIES:
+        for d in Path(h).glob("colo-test-*") if Path(h).is_dir() else ():
+            try:
+                busy = any((p / "cgroup.procs").read_text().strip()
+                           for p in [d, *(q for q in d.rglob("*") if q.is_dir())])
+            except OSError:
+                continue
+            if not busy:
+                for sub in sorted((q for q in d.rglob("*") if q.is_dir()), key=lambda q: len(q.parts), reverse=True):
+                    with contextlib.suppress(OSError):
+                        sub.rmdir()
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def _remove_cgroup_tree(d: Path) -> None:
