@@ -1,4 +1,5 @@
 import ColoProtocol
+import Dispatch
 import Glibc
 import SwiftProtobuf
 import Synchronization
@@ -13,24 +14,26 @@ public struct ControlResponse: Sendable {
 
 /// A client of one daemon's control socket.
 ///
-/// Requests carry ids chosen here; any number may be in flight and replies
-/// are matched by id in whatever order they come. Every request has a
-/// deadline: a daemon that never answers costs the caller `timeout`, not a
-/// hang. One reader thread receives for all requests and sleeps in poll until
-/// a datagram arrives or the earliest deadline passes.
+/// Requests carry ids chosen here; any number of threads may call at once,
+/// and replies are matched by id in whatever order they come. Every call has
+/// a deadline: a daemon that never answers costs the caller `timeout`, not a
+/// hang. One reader thread receives for all callers. Calls block the calling
+/// thread (daemons run on threads, not on Swift concurrency: see
+/// `ControlServer`).
 public final class ControlClient: Sendable {
-    private struct Pending {
-        let deadline: ContinuousClock.Instant
-        let continuation: CheckedContinuation<Result<ControlResponse, ControlSocketError>, Never>
+    /// Where one call's reply lands, and the semaphore its caller sleeps on.
+    private final class Slot: @unchecked Sendable {
+        // Written once by the reader (or by `finish`) before `ready.signal()`,
+        // read by the caller only after `ready.wait()` returned.
+        var result: Result<ControlResponse, ControlSocketError>?
+        let ready = DispatchSemaphore(value: 0)
     }
 
     private struct State {
         var nextID: UInt64 = 1
-        var pending: [UInt64: Pending] = [:]
-        /// Set once the connection is over; later requests fail at once.
+        var pending: [UInt64: Slot] = [:]
+        /// Set once the connection is over; later calls fail at once.
         var closedWith: ControlSocketError?
-        /// When the reader's current poll times out (nil: no deadline).
-        var readerWakesAt: ContinuousClock.Instant?
     }
 
     private let socket: SeqpacketSocket
@@ -53,10 +56,10 @@ public final class ControlClient: Sendable {
         socket.close()
     }
 
-    /// Closes the connection; requests still waiting fail with `clientClosed`.
+    /// Closes the connection; calls still waiting fail with `clientClosed`.
     public func close() {
         finish(with: .clientClosed)
-        _ = Glibc.shutdown(socket.fd.rawValue, Int32(SHUT_RDWR))
+        wakeup.signal()
     }
 
     /// Sends a request and waits for its response.
@@ -64,8 +67,8 @@ public final class ControlClient: Sendable {
     /// - Returns: the response, unless its body is an error, which is thrown
     ///   as `.failed`.
     public func call(_ body: ColoRequest.OneOf_Body, fds: [FileDescriptor] = [],
-                     timeout: Duration = .seconds(5)) async throws(ControlSocketError) -> ControlResponse {
-        let response = try await send(body, fds: fds, timeout: timeout)
+                     timeout: Duration = .seconds(5)) throws(ControlSocketError) -> ControlResponse {
+        let response = try send(body, fds: fds, timeout: timeout)
         if case .error(let error) = response.message.body {
             throw .failed(error)
         }
@@ -74,76 +77,61 @@ public final class ControlClient: Sendable {
 
     /// Sends a request and waits for its response, error bodies included.
     public func send(_ body: ColoRequest.OneOf_Body, fds: [FileDescriptor] = [],
-                     timeout: Duration = .seconds(5)) async throws(ControlSocketError) -> ControlResponse {
+                     timeout: Duration = .seconds(5)) throws(ControlSocketError) -> ControlResponse {
         var request = ColoRequest()
         request.body = body
         request.fdCount = UInt32(fds.count)
-        return try await send(request, fds: fds, timeout: timeout)
+        return try send(request, fds: fds, timeout: timeout)
     }
 
     /// Sends a prepared envelope (its id is assigned here) and waits.
     public func send(_ request: ColoRequest, fds: [FileDescriptor] = [],
-                     timeout: Duration) async throws(ControlSocketError) -> ControlResponse {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
-        let result = await withCheckedContinuation { continuation in
-            let registered: Result<(id: UInt64, wakeReader: Bool), ControlSocketError> = state.withLock { state in
-                if let closed = state.closedWith { return .failure(closed) }
-                let id = state.nextID
-                state.nextID += 1
-                state.pending[id] = Pending(deadline: deadline, continuation: continuation)
-                // Wake the reader only if it sleeps past this new deadline.
-                let wakeReader = state.readerWakesAt.map { deadline < $0 } ?? true
-                if wakeReader { state.readerWakesAt = deadline }
-                return .success((id, wakeReader))
+                     timeout: Duration) throws(ControlSocketError) -> ControlResponse {
+        let deadline = DispatchTime.now() + .nanoseconds(Int(clamping: timeout.nanoseconds))
+        let slot = Slot()
+        let registered: Result<UInt64, ControlSocketError> = state.withLock { state in
+            if let closed = state.closedWith { return .failure(closed) }
+            let id = state.nextID
+            state.nextID += 1
+            state.pending[id] = slot
+            return .success(id)
+        }
+        let id = try registered.get()
+        var envelope = request
+        envelope.id = id
+        do throws(ControlSocketError) {
+            let bytes: [UInt8]
+            do { bytes = try envelope.serializedBytes() } catch {
+                throw .malformedMessage("request did not serialize: \(error)")
             }
-            let id: UInt64
-            switch registered {
-            case .failure(let failure):
-                continuation.resume(returning: .failure(failure))
-                return
-            case .success(let registration):
-                id = registration.id
-                if registration.wakeReader { wakeup.signal() }
+            guard bytes.count <= ControlProtocolLimits.maxDatagramBytes else {
+                throw .oversized(bytes: bytes.count, limit: ControlProtocolLimits.maxDatagramBytes)
             }
-            var envelope = request
-            envelope.id = id
-            do throws(ControlSocketError) {
-                let bytes: [UInt8]
-                do { bytes = try envelope.serializedBytes() } catch {
-                    throw .malformedMessage("request did not serialize: \(error)")
-                }
-                guard bytes.count <= ControlProtocolLimits.maxDatagramBytes else {
-                    throw .oversized(bytes: bytes.count, limit: ControlProtocolLimits.maxDatagramBytes)
-                }
-                try socket.send(bytes, fds: fds)
-            } catch {
-                // A daemon that refused this peer has already sent its reason
-                // and closed: the reader delivers that reason (or EOF) to
-                // every waiting request, this one included.
-                if error == .disconnected { return }
-                if let pending = state.withLock({ $0.pending.removeValue(forKey: id) }) {
-                    pending.continuation.resume(returning: .failure(error))
-                }
+            try socket.send(bytes, fds: fds)
+        } catch {
+            // A daemon that refused this peer has already sent its reason and
+            // closed: the reader delivers that reason (or EOF) to every
+            // waiting call, this one included.
+            if error != .disconnected {
+                state.withLock { _ = $0.pending.removeValue(forKey: id) }
+                throw error
             }
         }
-        return try result.get()
+        if slot.ready.wait(timeout: deadline) == .timedOut {
+            let stillPending = state.withLock { $0.pending.removeValue(forKey: id) != nil }
+            if stillPending { throw .timedOut(operation: "waiting for the reply") }
+            // The reply landed between the timeout and the removal.
+            slot.ready.wait()
+        }
+        return try slot.result!.get()
     }
 
     private func readLoop() {
         while true {
-            let (closed, nextDeadline): (Bool, ContinuousClock.Instant?) = state.withLock { state in
-                let next = state.pending.values.map(\.deadline).min()
-                state.readerWakesAt = next
-                return (state.closedWith != nil, next)
-            }
-            if closed { return }
-            let timeout = nextDeadline.map { max(.zero, $0 - .now) }
             do {
-                switch try socket.waitReadable(orWakeup: wakeup.readEnd, timeout: timeout) {
-                case .wakeup:
-                    wakeup.drain()
-                case .timedOut:
-                    break
+                switch try socket.waitReadable(orWakeup: wakeup.readEnd, timeout: nil) {
+                case .wakeup, .timedOut:
+                    if state.withLock({ $0.closedWith != nil }) { return }
                 case .readable:
                     guard let datagram = try socket.receive(maxBytes: ControlProtocolLimits.maxDatagramBytes) else {
                         finish(with: .disconnected)
@@ -155,7 +143,6 @@ public final class ControlClient: Sendable {
                 finish(with: error)
                 return
             }
-            expireOverdue()
         }
     }
 
@@ -176,39 +163,38 @@ public final class ControlClient: Sendable {
             }
             return
         }
-        guard let pending = state.withLock({ $0.pending.removeValue(forKey: response.id) }) else {
-            // The request already timed out; its late fds are not wanted.
+        guard let slot = state.withLock({ $0.pending.removeValue(forKey: response.id) }) else {
+            // The call already timed out; its late fds are not wanted.
             datagram.fds.forEach { try? $0.close() }
             return
         }
-        guard datagram.fds.count >= expected else {
+        if datagram.fds.count >= expected {
+            slot.result = .success(ControlResponse(message: response, fds: Array(datagram.fds.prefix(expected))))
+        } else {
             datagram.fds.forEach { try? $0.close() }
-            pending.continuation.resume(returning: .failure(
-                .malformedMessage("reply declares \(expected) fds but \(datagram.fds.count) arrived")))
-            return
+            slot.result = .failure(.malformedMessage("reply declares \(expected) fds but \(datagram.fds.count) arrived"))
         }
-        pending.continuation.resume(returning: .success(
-            ControlResponse(message: response, fds: Array(datagram.fds.prefix(expected)))))
-    }
-
-    private func expireOverdue() {
-        let now = ContinuousClock.now
-        let overdue = state.withLock { state in
-            let ids = state.pending.filter { $0.value.deadline <= now }.map(\.key)
-            return ids.compactMap { state.pending.removeValue(forKey: $0) }
-        }
-        for pending in overdue {
-            pending.continuation.resume(returning: .failure(.timedOut(operation: "waiting for the reply")))
-        }
+        slot.ready.signal()
     }
 
     private func finish(with error: ControlSocketError) {
-        let pending = state.withLock { state in
+        let waiting = state.withLock { state in
             if state.closedWith == nil { state.closedWith = error }
             defer { state.pending.removeAll() }
             return Array(state.pending.values)
         }
-        pending.forEach { $0.continuation.resume(returning: .failure(error)) }
-        wakeup.signal()
+        for slot in waiting {
+            slot.result = .failure(error)
+            slot.ready.signal()
+        }
+        _ = Glibc.shutdown(socket.fd.rawValue, Int32(SHUT_RDWR))
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds.multipliedReportingOverflow(by: 1_000_000_000).overflow
+            ? Int64.max : seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }

@@ -1,5 +1,4 @@
 import ColoProtocol
-import Dispatch
 import Glibc
 import Logging
 import SwiftProtobuf
@@ -51,12 +50,19 @@ public struct ControlReply: Sendable {
 
 /// Serves one daemon's control protocol on a listening SEQPACKET socket.
 ///
-/// Each connection has a reader thread; each request runs as its own task, so
-/// a slow request never holds up others on the same connection, and replies
-/// go out as they complete, matched by id. A connection may have at most
-/// `maxRequestsInFlight` requests running; past that its reader stops reading
-/// until one completes (the kernel's socket buffer then pushes back on the
-/// client). Bad input never reaches the handler:
+/// Each connection has a thread of its own that reads a request, runs the
+/// handler and sends the reply, so connections never wait on each other and
+/// a client may pipeline any number of requests on one connection (the
+/// kernel's socket buffer pushes back when it sends faster than the daemon
+/// answers). Handlers are synchronous and should be quick: long operations
+/// are started by one request and observed by later ones.
+///
+/// Daemons deliberately do not run handlers on Swift concurrency: on Linux
+/// its executor is libdispatch's worker pool, whose monitor reads
+/// /proc/<tid>/stat at run time and aborts when the seccomp filter refuses
+/// the open. Threads we own need no such access.
+///
+/// Bad input never reaches the handler:
 /// - an undecodable or oversized datagram is answered with an id-0 error and
 ///   the connection is closed;
 /// - a body the daemon does not serve gets ERROR_CODE_UNKNOWN_REQUEST;
@@ -64,14 +70,13 @@ public struct ControlReply: Sendable {
 /// - a peer whose uid the policy does not allow gets an id-0 error and is
 ///   disconnected before any request is read.
 public final class ControlServer: Sendable {
-    public typealias Handler = @Sendable (ColoRequest, ControlRequestContext) async -> ControlReply
+    public typealias Handler = @Sendable (ColoRequest, ControlRequestContext) -> ControlReply
 
     private let listener: SeqpacketSocket
     private let policy: PeerPolicy
     private let logger: Logger
     private let handler: Handler
     private let wakeup: WakeupPipe
-    private let maxRequestsInFlight: Int
     private let sendTimeout: Duration
     private let served = Atomic<UInt64>(0)
     private let refused = Atomic<UInt64>(0)
@@ -81,13 +86,12 @@ public final class ControlServer: Sendable {
     ///   - sendTimeout: how long a reply may wait on a client that does not
     ///     read before that client is disconnected.
     public init(listener: SeqpacketSocket, policy: PeerPolicy, logger: Logger,
-                maxRequestsInFlight: Int = 32, sendTimeout: Duration = .seconds(5),
+                sendTimeout: Duration = .seconds(5),
                 handler: @escaping Handler) throws(ControlSocketError) {
         self.listener = listener
         self.policy = policy
         self.logger = logger
         self.handler = handler
-        self.maxRequestsInFlight = maxRequestsInFlight
         self.sendTimeout = sendTimeout
         self.wakeup = try WakeupPipe()
     }
@@ -148,7 +152,6 @@ public final class ControlServer: Sendable {
     }
 
     private func readLoop(_ connection: Connection, peer: PeerCredentials) {
-        let inFlight = DispatchSemaphore(value: maxRequestsInFlight)
         while true {
             let datagram: ReceivedDatagram
             do {
@@ -191,17 +194,13 @@ public final class ControlServer: Sendable {
                     continue
                 }
                 let context = ControlRequestContext(peer: peer, fds: Array(datagram.fds.prefix(expected)))
-                inFlight.wait()
-                Task { [self] in
-                    let reply = await handler(request, context)
-                    if case .error = reply.body {
-                        refused.add(1, ordering: .relaxed)
-                    } else {
-                        served.add(1, ordering: .relaxed)
-                    }
-                    connection.send(reply, id: request.id, logger: logger)
-                    inFlight.signal()
+                let reply = handler(request, context)
+                if case .error = reply.body {
+                    refused.add(1, ordering: .relaxed)
+                } else {
+                    served.add(1, ordering: .relaxed)
                 }
+                connection.send(reply, id: request.id, logger: logger)
             }
         }
     }
@@ -235,9 +234,7 @@ public final class ControlServer: Sendable {
     }
 }
 
-/// One accepted connection. The socket is closed when the last user (its
-/// reader or a request still running) lets go, so a late reply can never
-/// write into an fd number the process has since reused.
+/// One accepted connection, closed when its thread lets go of it.
 private final class Connection: Sendable {
     let socket: SeqpacketSocket
 

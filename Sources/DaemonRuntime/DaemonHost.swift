@@ -1,7 +1,6 @@
 import ArgumentParser
 import ColoProtocol
 import ControlSocket
-import Dispatch
 import Glibc
 import Logging
 import Sandbox
@@ -19,8 +18,9 @@ public protocol DaemonService: Sendable {
 
     /// Serves a request body the runtime does not answer itself (it answers
     /// status and sandbox probes). Returns nil for a body this daemon does
-    /// not serve; the client then gets ERROR_CODE_UNKNOWN_REQUEST.
-    func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) async -> ControlReply?
+    /// not serve; the client then gets ERROR_CODE_UNKNOWN_REQUEST. Runs on
+    /// the connection's thread: return quickly, start long work elsewhere.
+    func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) -> ControlReply?
 }
 
 /// What the runtime tells a service at creation.
@@ -38,36 +38,63 @@ public struct DaemonEnvironment: Sendable {
     }
 }
 
-/// Runs a daemon: the sequence every daemon shares, in this order.
+/// Runs a daemon: the sequence every daemon shares, in this order, on the
+/// process's main thread.
 ///
-/// 1. Logging to journald (or stderr).
-/// 2. The control socket: adopted from systemd, or bound in the runtime dir.
-/// 3. The service is created: it opens what it needs while it still can.
-/// 4. Capabilities dropped, seccomp allowlist installed for every thread.
-/// 5. Serving; READY=1 to systemd; watchdog pings if asked for.
-/// 6. SIGTERM or SIGINT: STOPPING=1, stop serving, exit 0.
+/// 1. SIGTERM/SIGINT blocked before any other thread exists (every thread
+///    inherits the mask), so only the main thread's sigwait receives them.
+/// 2. Logging to journald (or stderr).
+/// 3. The control socket: adopted from systemd, or bound in the runtime dir.
+/// 4. The service is created: it opens what it needs while it still can.
+/// 5. Capabilities dropped, then the seccomp allowlist installed. Both
+///    happen while the main thread is the only thread: capabilities are per
+///    thread, and threads created later inherit the empty sets.
+/// 6. Serving; READY=1 to systemd; watchdog pings if asked for.
+/// 7. SIGTERM or SIGINT: STOPPING=1, stop serving, exit 0.
 public enum DaemonHost {
     public static func run(
         name: String,
         options: DaemonOptions,
         policy: SeccompPolicy,
-        makeService: @Sendable (DaemonEnvironment) throws -> any DaemonService
-    ) async throws {
+        makeService: (DaemonEnvironment) throws -> any DaemonService
+    ) throws {
+        var termination = sigset_t()
+        sigemptyset(&termination)
+        sigaddset(&termination, SIGTERM)
+        sigaddset(&termination, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &termination, nil)
+
         let level = options.logLevel
         LoggingSystem.bootstrap { _ in JournalLogHandler(daemon: name, level: level) }
         let logger = Logger(label: name)
+        let server: ControlServer
         do {
-            try await serve(name: name, options: options, policy: policy, logger: logger, makeService: makeService)
+            server = try start(name: name, options: options, policy: policy, logger: logger, makeService: makeService)
         } catch {
             logger.critical("\(name) cannot start: \(error)", metadata: ["event": "start_failed"])
             throw ExitCode.startFailed
         }
+
+        let notifier = ServiceNotifier()
+        if let interval = notifier.watchdogInterval {
+            spawnThread(name: "watchdog") {
+                while true {
+                    notifier.watchdogPing()
+                    usleep(UInt32(clamping: interval.microseconds / 2))
+                }
+            }
+        }
+        var received: Int32 = 0
+        while sigwait(&termination, &received) != 0 {}
+        notifier.stopping()
+        logger.info("\(name) stopping", metadata: ["event": "daemon_stopping", "signal": "\(received)"])
+        server.stop()
     }
 
-    private static func serve(
+    private static func start(
         name: String, options: DaemonOptions, policy: SeccompPolicy, logger: Logger,
-        makeService: @Sendable (DaemonEnvironment) throws -> any DaemonService
-    ) async throws {
+        makeService: (DaemonEnvironment) throws -> any DaemonService
+    ) throws(DaemonError) -> ControlServer {
         let selfStatus = SelfStatus(daemon: name)
         let runtimeDirectory = options.resolvedRuntimeDirectory
         let (listener, origin, path) = try openControlSocket(name: name, runtimeDirectory: runtimeDirectory)
@@ -79,9 +106,8 @@ public enum DaemonHost {
         do {
             service = try makeService(environment)
         } catch {
-            throw DaemonError.startup("\(error)")
+            throw .startup("\(error)")
         }
-        let termination = TerminationSignals()
 
         var sandbox = ColoSandboxStatus()
         if options.noSandbox {
@@ -91,7 +117,7 @@ public enum DaemonHost {
                 try Privileges.dropAllCapabilities()
                 try policy.install()
             } catch {
-                throw DaemonError.sandbox(error)
+                throw .sandbox(error)
             }
             sandbox.seccompFilterInstalled = true
             sandbox.allowedSyscallCount = UInt32(policy.allowedSyscallNames.count)
@@ -122,7 +148,7 @@ public enum DaemonHost {
                     }
                     return ControlReply(.sandboxProbe(reply))
                 case .some(let body):
-                    if let reply = await service.handle(body, context: context) { return reply }
+                    if let reply = service.handle(body, context: context) { return reply }
                     context.fds.forEach { try? $0.close() }
                     return .error(.unknownRequest, "\(name) does not serve this request")
                 case .none:
@@ -130,31 +156,16 @@ public enum DaemonHost {
                 }
             }
         } catch {
-            throw DaemonError.socket(error)
+            throw .socket(error)
         }
         selfStatus.record(server: server)
         server.start()
-
-        let notifier = ServiceNotifier()
-        notifier.ready(status: "serving \(path)")
+        ServiceNotifier().ready(status: "serving \(path)")
         logger.info("\(name) ready", metadata: [
             "event": "daemon_ready", "socket": "\(path)", "socket_origin": "\(origin)",
             "version": "\(coloVersion)",
         ])
-        let watchdog = notifier.watchdogInterval.map { interval in
-            Task.detached {
-                while !Task.isCancelled {
-                    notifier.watchdogPing()
-                    try? await Task.sleep(for: interval / 2)
-                }
-            }
-        }
-
-        let signal = await termination.next()
-        notifier.stopping()
-        logger.info("\(name) stopping", metadata: ["event": "daemon_stopping", "signal": "\(signal)"])
-        watchdog?.cancel()
-        server.stop()
+        return server
     }
 
     /// The listening socket: handed over by systemd, or bound here.
@@ -197,52 +208,14 @@ extension ExitCode {
     static let startFailed = ExitCode(1)
 }
 
-/// SIGTERM and SIGINT, delivered as an awaitable event instead of killing the
-/// process, so the daemon can tell systemd it is stopping and stop cleanly.
-final class TerminationSignals: Sendable {
-    // Only kept alive here; never touched after init.
-    nonisolated(unsafe) private let sources: [any DispatchSourceSignal]
-    private let received = Mutex<(signal: Int32?, waiter: CheckedContinuation<Int32, Never>?)>((nil, nil))
-
-    init() {
-        var sources: [any DispatchSourceSignal] = []
-        for number in [SIGTERM, SIGINT] {
-            Glibc.signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            sources.append(source)
-        }
-        self.sources = sources
-        for (source, number) in zip(sources, [SIGTERM, SIGINT]) {
-            source.setEventHandler { [self] in deliver(number) }
-            source.resume()
-        }
-    }
-
-    private func deliver(_ number: Int32) {
-        let waiter = received.withLock { state -> CheckedContinuation<Int32, Never>? in
-            if state.signal == nil { state.signal = number }
-            defer { state.waiter = nil }
-            return state.waiter
-        }
-        waiter?.resume(returning: number)
-    }
-
-    /// Waits for the first termination signal.
-    func next() async -> Int32 {
-        await withCheckedContinuation { continuation in
-            let already = received.withLock { state -> Int32? in
-                if let signal = state.signal { return signal }
-                state.waiter = continuation
-                return nil
-            }
-            if let already { continuation.resume(returning: already) }
-        }
-    }
-}
-
 extension Duration {
     var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+
+    var microseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
     }
 }

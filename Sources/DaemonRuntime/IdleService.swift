@@ -9,7 +9,7 @@ public struct IdleService: DaemonService {
 
     public var state: String { "idle" }
 
-    public func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) async -> ControlReply? {
+    public func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) -> ControlReply? {
         nil
     }
 }

@@ -20,6 +20,8 @@ enum CommonRules {
         SyscallRule("rseq", "glibc registers restartable sequences per thread"),
         SyscallRule("sched_yield", "spin locks back off"),
         SyscallRule("sched_getaffinity", "Dispatch sizes its thread pool"),
+        SyscallRule("setpriority", "Swift concurrency sets its own worker threads' priority",
+                    when: [.argument(0, equals: 0 /* PRIO_PROCESS */), .argument(1, equals: 0 /* this thread */)]),
         SyscallRule("gettid", "thread ids in logs and Dispatch"),
         SyscallRule("getpid", "status replies, log lines"),
         SyscallRule("exit", "a thread ends"),
@@ -29,6 +31,7 @@ enum CommonRules {
         SyscallRule("rt_sigaction", "signal handlers"),
         SyscallRule("rt_sigprocmask", "threads block signals"),
         SyscallRule("rt_sigreturn", "return from a signal handler"),
+        SyscallRule("rt_sigtimedwait", "the main thread waits for SIGTERM/SIGINT with sigwait"),
         SyscallRule("sigaltstack", "the Swift runtime's crash handler stacks"),
         SyscallRule("tgkill", "abort() on a failed precondition delivers SIGABRT"),
         // Time.
@@ -62,6 +65,7 @@ enum CommonRules {
         // The control socket and the journal.
         SyscallRule("accept4", "accept control connections"),
         SyscallRule("recvmsg", "control datagrams and their SCM_RIGHTS fds"),
+        SyscallRule("recvfrom", "a closing control connection discards unread datagrams"),
         SyscallRule("sendmsg", "control replies, journald entries, sd_notify"),
         SyscallRule("sendto", "sd_notify through older libsystemd"),
         SyscallRule("shutdown", "end a control connection"),

@@ -3,7 +3,7 @@ import DaemonRuntime
 
 /// `blockd`: Serves the guest's disk and replicates it to the peer over NBD.
 @main
-struct BlockDaemon: AsyncParsableCommand {
+struct BlockDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "blockd",
         abstract: "Serves the guest's disk and replicates it to the peer over NBD.",
@@ -11,8 +11,8 @@ struct BlockDaemon: AsyncParsableCommand {
 
     @OptionGroup var options: DaemonOptions
 
-    func run() async throws {
-        try await DaemonHost.run(name: "blockd", options: options, policy: seccompPolicy) { _ in
+    func run() throws {
+        try DaemonHost.run(name: "blockd", options: options, policy: seccompPolicy) { _ in
             IdleService()
         }
     }

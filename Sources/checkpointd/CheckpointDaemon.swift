@@ -3,7 +3,7 @@ import DaemonRuntime
 
 /// `checkpointd`: Streams guest RAM and device state to the peer host and keeps the colo-cache.
 @main
-struct CheckpointDaemon: AsyncParsableCommand {
+struct CheckpointDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpointd",
         abstract: "Streams guest RAM and device state to the peer host and keeps the colo-cache.",
@@ -11,8 +11,8 @@ struct CheckpointDaemon: AsyncParsableCommand {
 
     @OptionGroup var options: DaemonOptions
 
-    func run() async throws {
-        try await DaemonHost.run(name: "checkpointd", options: options, policy: seccompPolicy) { _ in
+    func run() throws {
+        try DaemonHost.run(name: "checkpointd", options: options, policy: seccompPolicy) { _ in
             IdleService()
         }
     }

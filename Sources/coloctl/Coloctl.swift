@@ -6,7 +6,7 @@ import ArgumentParser
 /// supervisord could not be reached or refused, 3 a managed daemon is down,
 /// 64 bad usage.
 @main
-struct Coloctl: AsyncParsableCommand {
+struct Coloctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coloctl",
         abstract: "Control a COLO fault-tolerant VM pair on this host.",

@@ -5,19 +5,19 @@ import Glibc
 import SwiftProtobuf
 
 /// `coloctl status`: every local daemon's state, version and pid.
-struct Status: AsyncParsableCommand {
+struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show the state, version and pid of supervisord and every daemon it manages.",
         discussion: "Exits 0 when all answer, 3 when a daemon is down, 2 when supervisord cannot be reached.")
 
     @OptionGroup var connection: ConnectionOptions
 
-    func run() async throws {
+    func run() throws {
         let status: ColoHostStatus
         do {
             let client = try ControlClient(connectingTo: connection.socketPath)
             defer { client.close() }
-            let response = try await client.call(.hostStatus(ColoHostStatusRequest()),
+            let response = try client.call(.hostStatus(ColoHostStatusRequest()),
                                                   timeout: .milliseconds(Int64(connection.timeout * 1000)))
             guard case .hostStatus(let reply) = response.message.body else {
                 throw ControlSocketError.malformedMessage("supervisord answered with another message")

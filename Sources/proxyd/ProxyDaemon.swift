@@ -3,7 +3,7 @@ import DaemonRuntime
 
 /// `proxyd`: Compares the primary's and the secondary's packets and releases only matching output.
 @main
-struct ProxyDaemon: AsyncParsableCommand {
+struct ProxyDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "proxyd",
         abstract: "Compares the primary's and the secondary's packets and releases only matching output.",
@@ -11,8 +11,8 @@ struct ProxyDaemon: AsyncParsableCommand {
 
     @OptionGroup var options: DaemonOptions
 
-    func run() async throws {
-        try await DaemonHost.run(name: "proxyd", options: options, policy: seccompPolicy) { _ in
+    func run() throws {
+        try DaemonHost.run(name: "proxyd", options: options, policy: seccompPolicy) { _ in
             IdleService()
         }
     }

@@ -4,7 +4,7 @@ import DaemonRuntime
 /// `supervisord`: runs the pair's state machine and brokers fds between the
 /// local daemons; the socket `coloctl` talks to.
 @main
-struct SupervisorDaemon: AsyncParsableCommand {
+struct SupervisorDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "supervisord",
         abstract: "Drives checkpoints, heartbeat, failover and resync; the host's control point for coloctl.",
@@ -12,8 +12,8 @@ struct SupervisorDaemon: AsyncParsableCommand {
 
     @OptionGroup var options: DaemonOptions
 
-    func run() async throws {
-        try await DaemonHost.run(name: "supervisord", options: options, policy: seccompPolicy) { environment in
+    func run() throws {
+        try DaemonHost.run(name: "supervisord", options: options, policy: seccompPolicy) { environment in
             SupervisorService(environment: environment)
         }
     }

@@ -1,6 +1,8 @@
 import ColoProtocol
 import ControlSocket
 import DaemonRuntime
+import Dispatch
+import Synchronization
 
 /// The daemons supervisord manages on its host, in start-up order.
 let managedDaemons = ["vmmd", "checkpointd", "proxyd", "blockd"]
@@ -13,10 +15,10 @@ struct SupervisorService: DaemonService {
 
     var state: String { "ready" }
 
-    func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) async -> ControlReply? {
+    func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) -> ControlReply? {
         switch body {
         case .hostStatus:
-            return ControlReply(.hostStatus(await hostStatus()))
+            return ControlReply(.hostStatus(hostStatus()))
         default:
             return nil
         }
@@ -24,28 +26,30 @@ struct SupervisorService: DaemonService {
 
     /// Asks every managed daemon for its status, all at once, each with its
     /// own timeout: one daemon that hangs cannot delay the others' reports.
-    private func hostStatus() async -> ColoHostStatus {
-        let reports = await withTaskGroup(of: (Int, ColoDaemonReport).self) { group in
-            for (index, daemon) in managedDaemons.enumerated() {
-                group.addTask { (index, await report(on: daemon)) }
+    private func hostStatus() -> ColoHostStatus {
+        let reports = Mutex([ColoDaemonReport?](repeating: nil, count: managedDaemons.count))
+        let done = DispatchSemaphore(value: 0)
+        for (index, daemon) in managedDaemons.enumerated() {
+            spawnThread(name: "status-\(daemon)") { [self] in
+                let report = report(on: daemon)
+                reports.withLock { $0[index] = report }
+                done.signal()
             }
-            var collected: [(Int, ColoDaemonReport)] = []
-            for await result in group { collected.append(result) }
-            return collected.sorted { $0.0 < $1.0 }.map(\.1)
         }
+        for _ in managedDaemons { done.wait() }
         var status = ColoHostStatus()
         status.supervisor = environment.selfStatus.snapshot(state: state)
-        status.daemons = reports
+        status.daemons = reports.withLock { $0.compactMap { $0 } }
         return status
     }
 
-    private func report(on daemon: String) async -> ColoDaemonReport {
+    private func report(on daemon: String) -> ColoDaemonReport {
         var report = ColoDaemonReport()
         report.daemon = daemon
         do {
             let client = try ControlClient(connectingTo: environment.socketPath(of: daemon))
             defer { client.close() }
-            let response = try await client.call(.status(ColoStatusRequest()), timeout: daemonTimeout)
+            let response = try client.call(.status(ColoStatusRequest()), timeout: daemonTimeout)
             guard case .status(let status) = response.message.body else {
                 report.unreachable = ColoError(.internal, "\(daemon) answered a status request with another message")
                 return report

@@ -3,7 +3,7 @@ import DaemonRuntime
 
 /// `vmmd`: Runs the protected VM: owns /dev/kvm, guest RAM (a memfd) and the device models.
 @main
-struct VMMDaemon: AsyncParsableCommand {
+struct VMMDaemon: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vmmd",
         abstract: "Runs the protected VM: owns /dev/kvm, guest RAM (a memfd) and the device models.",
@@ -11,8 +11,8 @@ struct VMMDaemon: AsyncParsableCommand {
 
     @OptionGroup var options: DaemonOptions
 
-    func run() async throws {
-        try await DaemonHost.run(name: "vmmd", options: options, policy: seccompPolicy) { _ in
+    func run() throws {
+        try DaemonHost.run(name: "vmmd", options: options, policy: seccompPolicy) { _ in
             IdleService()
         }
     }
