@@ -27,6 +27,9 @@ usage: guest/run-qemu.sh [options] [-- extra qemu arguments]
   --mem MIB           guest RAM (default 128)
   --bios qboot|seabios  firmware (default qboot: ~4 s faster boot here; both
                       set up PCI BARs and IRQ lines; see guest/README.md)
+  --accel kvm|tcg-icount  kvm (default), or QEMU's TCG with -icount shift=0,
+                      where one guest TSC tick is one guest instruction (used to
+                      count instructions per request, see docs/PERFORMANCE.md)
   --qmp PATH          QMP server on a unix socket at PATH
   --serial PATH       console to a file (default: stdio)
   --pidfile PATH      QEMU's pid file
@@ -38,7 +41,7 @@ kernel=$here/build/colo-guest.elf
 netns=colo-guest tap=tap0 host_ip=10.77.0.1/24
 ip=10.77.0.2/24 gw="" dirty=0 cmdline="" append=""
 disk=$here/build/disk.img use_disk=1 use_net=1 mem=128 bios=qboot
-qmp="" serial=stdio pidfile="" dry=0 extra=()
+accel=kvm qmp="" serial=stdio pidfile="" dry=0 extra=()
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -56,6 +59,7 @@ while [ $# -gt 0 ]; do
         --no-net) use_net=0; shift ;;
         --mem) mem=$2; shift 2 ;;
         --bios) bios=$2; shift 2 ;;
+        --accel) accel=$2; shift 2 ;;
         --qmp) qmp=$2; shift 2 ;;
         --serial) serial=$2; shift 2 ;;
         --pidfile) pidfile=$2; shift 2 ;;
@@ -73,7 +77,12 @@ if [ -z "$cmdline" ]; then
 fi
 [ -n "$append" ] && cmdline+=" $append"
 
-q=(qemu-system-x86_64 -enable-kvm -machine pc -m "$mem"
+case "$accel" in
+    kvm) acc=(-enable-kvm) ;;
+    tcg-icount) acc=(-accel tcg -icount shift=0,sleep=on) ;;
+    *) echo "run-qemu.sh: --accel kvm|tcg-icount" >&2; exit 2 ;;
+esac
+q=(qemu-system-x86_64 "${acc[@]}" -machine pc -m "$mem"
    -nodefaults -no-user-config -display none -no-reboot
    -kernel "$kernel" -append "$cmdline")
 case "$bios" in

@@ -11,4 +11,6 @@ void memory_init(const struct multiboot_info *mbi, uint64_t mbi_end);
 void *alloc_pages(size_t n);
 /* The rest of the allocator's RAM region, handed over whole (to the dirtier). */
 void take_free_region(uint64_t *start, uint64_t *end);
+/* Identity-map one 4 KiB page of device registers, uncached. */
+void map_mmio(uint64_t phys);
 extern uint64_t ram_total;           /* bytes of usable RAM in the map */

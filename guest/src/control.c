@@ -1,6 +1,7 @@
 /* UDP control service on port 7000, one text command per datagram, one reply:
  *   "dirty N"  -> set the dirtier to N MiB/s; reply "ok dirty=N"
- *   "status"   -> reply "count=C dirty=N uptime_ms=T http=H"
+ *   "status"   -> reply "count=C dirty=N uptime_ms=T http=H tsc=X idle_tsc=Y"
+ *                 (TSC now, and TSC ticks spent halted since boot)
  *   "poweroff" -> reply "ok poweroff", then the guest powers off
  * anything else -> "error unknown command". Trailing whitespace/newline is ignored. */
 #include "services.h"
@@ -9,6 +10,7 @@
 #include "cmdline.h"
 #include "pit.h"
 #include "console.h"
+#include "io.h"
 #include "lwip/udp.h"
 #include <stdio.h>
 #include <string.h>
@@ -41,9 +43,9 @@ static void control_recv(void *arg, struct udp_pcb *pcb, struct pbuf *p,
         snprintf(out, sizeof out, "ok dirty=%u", v);
         kprintf("COLO-GUEST DIRTY rate=%uMiB/s\n", v);
     } else if (strcmp(cmd, "status") == 0) {
-        snprintf(out, sizeof out, "count=%lu dirty=%u uptime_ms=%lu http=%lu",
+        snprintf(out, sizeof out, "count=%lu dirty=%u uptime_ms=%lu http=%lu tsc=%lu idle_tsc=%lu",
                  counter_value(), dirtier_rate(), ticks * (1000 / TICK_HZ),
-                 http_requests_served);
+                 http_requests_served, rdtsc(), idle_tsc);
     } else if (strcmp(cmd, "poweroff") == 0) {
         snprintf(out, sizeof out, "ok poweroff");
         poweroff_requested = 1;

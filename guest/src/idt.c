@@ -12,16 +12,17 @@ struct idt_gate {
     uint32_t off_hi, zero;
 } __attribute__((packed));
 
-static struct idt_gate idt[48];
+static struct idt_gate idt[256];
 extern const uint64_t isr_stub_table[48];
+extern const char isr_ignore[];
 
 #define MAX_SHARED 4
 static struct { irq_handler fn; void *arg; } handlers[16][MAX_SHARED];
 
 void idt_init(void)
 {
-    for (int v = 0; v < 48; v++) {
-        uint64_t a = isr_stub_table[v];
+    for (int v = 0; v < 256; v++) {
+        uint64_t a = v < 48 ? isr_stub_table[v] : (uint64_t)isr_ignore;
         idt[v] = (struct idt_gate){
             .off_lo = a & 0xFFFF, .sel = 0x08, .ist = 0,
             .type = 0x8E,                     /* present, DPL 0, interrupt gate */

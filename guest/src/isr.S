@@ -56,6 +56,13 @@ isr_common:
     addq $16, %rsp               /* vector and error code */
     iretq
 
+/* Every vector we never program (48-255), notably the local APIC's spurious
+ * vector 0xFF: no error code, no EOI owed, just return. */
+    .globl isr_ignore
+    .align 16
+isr_ignore:
+    iretq
+
 /* Vectors 0-31: exceptions (8, 10-14, 17, 21, 29, 30 push an error code);
  * 32-47: the two 8259 PICs, remapped there by pic.c. */
 STUB 0,0

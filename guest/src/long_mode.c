@@ -60,6 +60,17 @@ static void map_2m(uint64_t base)
     pd[pdi] = (uint64_t)pt | PTE_P | PTE_W;
 }
 
+void map_mmio(uint64_t phys)
+{
+    phys &= ~(PAGE - 1);
+    uint64_t *pdpt = table_at(boot_pml4, (phys >> 39) & 511);
+    uint64_t *pd = table_at(pdpt, (phys >> 30) & 511);
+    uint64_t *pt = table_at(pd, (phys >> 21) & 511);
+    /* PCD|PWT: device registers must not be cached. */
+    pt[(phys >> 12) & 511] = phys | PTE_P | PTE_W | 0x18;
+    __asm__ volatile("invlpg (%0)" :: "r"(phys) : "memory");
+}
+
 void memory_init(const struct multiboot_info *mbi, uint64_t mbi_end)
 {
     uint64_t top = 0;

@@ -4,6 +4,7 @@
  * ISR register), so the line does not fire again at once. */
 #include "pic.h"
 #include "io.h"
+#include "memory.h"
 
 #define PIC1 0x20
 #define PIC2 0xA0
@@ -18,23 +19,31 @@ static void write_mask(void)
     outb(PIC2 + 1, mask >> 8);
 }
 
-/* Route the 8259's INTR straight to the CPU: clear IA32_APIC_BASE.EN (MSR
- * 0x1B bit 11), which turns the local APIC off entirely. Firmware differs here:
- * SeaBIOS leaves the LAPIC in virtual-wire mode (LVT0 = ExtINT), qboot leaves
- * LVT0 masked, and then a KVM vCPU never sees PIC interrupts. With the APIC
- * globally disabled the result no longer depends on the firmware, and vmmd
- * need not emulate LAPIC set-up for us. */
-static void lapic_disable(void)
+/* Make the 8259's INTR reach the CPU: local APIC in "virtual wire" mode,
+ * LVT LINT0 = ExtINT (and LINT1 = NMI), the APIC software-enabled. Firmware
+ * differs here: SeaBIOS sets this up, qboot leaves LINT0 masked, and then a
+ * vCPU never sees a PIC interrupt. (Merely turning the APIC off through
+ * IA32_APIC_BASE works under KVM but not under QEMU's TCG, which still routes
+ * PIC interrupts through LINT0.) The APIC base is read from IA32_APIC_BASE. */
+static void lapic_virtual_wire(void)
 {
     uint32_t lo, hi;
     __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1B));
-    lo &= ~(1u << 11);
-    __asm__ volatile("wrmsr" :: "a"(lo), "d"(hi), "c"(0x1B));
+    if (!(lo & (1u << 11))) {
+        lo |= 1u << 11;                         /* globally enable */
+        __asm__ volatile("wrmsr" :: "a"(lo), "d"(hi), "c"(0x1B));
+    }
+    uint64_t base = ((uint64_t)hi << 32 | lo) & ~0xFFFull;
+    map_mmio(base);
+    volatile uint32_t *apic = (volatile uint32_t *)base;
+    apic[0xF0 / 4] = 0x1FF;                     /* SVR: enabled, spurious 0xFF */
+    apic[0x350 / 4] = 0x700;                    /* LVT LINT0: ExtINT, unmasked */
+    apic[0x360 / 4] = 0x400;                    /* LVT LINT1: NMI */
 }
 
 void pic_init(void)
 {
-    lapic_disable();
+    lapic_virtual_wire();
     outb(PIC1, 0x11);            /* ICW1: edge (ELCR overrides), cascade, ICW4 */
     outb(PIC2, 0x11);
     outb(PIC1 + 1, 32);          /* ICW2: vector base */
