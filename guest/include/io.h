@@ -25,3 +25,15 @@ static inline uint64_t rdtsc(void)
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
     return ((uint64_t)hi << 32) | lo;
 }
+
+/* Called with interrupts off: sti;hlt, adding the halted TSC ticks to
+ * idle_tsc (busy = elapsed - idle, reported by the control "status"). Under
+ * QEMU TCG with -icount shift=0 one TSC tick is one instruction, which is how
+ * docs/PERFORMANCE.md counts instructions per request. */
+extern uint64_t idle_tsc;
+static inline void cpu_idle(void)
+{
+    uint64_t t0 = rdtsc();
+    sti_hlt();
+    idle_tsc += rdtsc() - t0;           /* includes the waking handler: small */
+}

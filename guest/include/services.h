@@ -10,4 +10,3 @@ void control_init(void);
 extern uint64_t http_requests_served;
 /* Set by the control service; the main loop powers off once replies are out. */
 extern volatile int poweroff_requested;
-extern uint64_t idle_tsc;            /* main.c: TSC ticks spent halted */

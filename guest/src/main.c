@@ -29,10 +29,6 @@
 static char cmdline[1024];
 static struct config cfg;
 static struct netif netif;
-/* TSC ticks spent halted: busy = elapsed - idle (control "status"). Under
- * QEMU TCG with -icount shift=0 one TSC tick is one instruction, which is how
- * docs/PERFORMANCE.md counts instructions per request. */
-uint64_t idle_tsc;
 
 /* Copy what we need out of the multiboot info before any allocation can
  * overwrite it; returns the end of the loader's data (the allocator starts
@@ -134,12 +130,9 @@ void kmain(uint32_t magic, uint32_t mbi_phys)
             power_off();
         }
         cli();
-        if (!vnet_pending() && ticks == seen) {
-            uint64_t t0 = rdtsc();
-            sti_hlt();                  /* woken by the next tick or device IRQ */
-            idle_tsc += rdtsc() - t0;   /* includes the waking handler: small */
-        } else {
+        if (!vnet_pending() && ticks == seen)
+            cpu_idle();                 /* woken by the next tick or device IRQ */
+        else
             sti();
-        }
     }
 }

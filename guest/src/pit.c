@@ -5,6 +5,7 @@
 #include "io.h"
 
 volatile uint64_t ticks;
+uint64_t idle_tsc;                   /* see cpu_idle() in io.h */
 
 static void on_tick(void *arg) { ticks++; }
 

@@ -65,7 +65,7 @@ static int submit(uint32_t type, uint64_t sector, int with_data, int data_writab
             dev.pending = 0;
             break;
         }
-        sti_hlt();
+        cpu_idle();
     }
     sti();
     return io->status == 0 ? 0 : -1;
