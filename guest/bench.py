@@ -78,11 +78,29 @@ def http(ns, n):
 def boot(ns, d, bios, workdir, accel="kvm"):
     t0 = time.monotonic()
     g = qemu.Guest(netns=ns, disk=d, workdir=workdir, args=["--bios", bios, "--accel", accel])
-    g.wait_for(r"^COLO-GUEST START", 120)
-    t_start = time.monotonic() - t0
-    m = g.wait_for(r"^COLO-GUEST READY .*boot_ms=(\d+)", 120)
-    t_ready = time.monotonic() - t0
+    try:
+        g.wait_for(r"^COLO-GUEST START", 120)
+        t_start = time.monotonic() - t0
+        m = g.wait_for(r"^COLO-GUEST READY .*boot_ms=(\d+)", 120)
+        t_ready = time.monotonic() - t0
+    except BaseException:
+        g.close()
+        raise
     return g, t_start, t_ready, int(m.group(1))
+
+
+def measure_boots(ns, d, bios, tmp, n):
+    starts, readys = [], []
+    for _ in range(n):
+        g, t_start, t_ready, _ = boot(ns, d, bios, tmp)
+        try:
+            starts.append(t_start)
+            readys.append(t_ready)
+            poweroff(ns, g)
+        finally:
+            g.close()
+    print(f"boot {bios}: to START {min(starts):.2f}-{max(starts):.2f}s, "
+          f"to READY {min(readys):.2f}-{max(readys):.2f}s ({n} boots)")
 
 
 def main():
@@ -98,47 +116,47 @@ def main():
         d = Path(tmp) / "disk.img"
         d.write_bytes(b"\0" * (1 << 20))
         for bios in ("qboot", "seabios"):
-            starts, readys = [], []
-            for _ in range(a.boots):
-                g, t_start, t_ready, _ = boot(ns, d, bios, tmp)
-                starts.append(t_start)
-                readys.append(t_ready)
-                poweroff(ns, g)
-                g.close()
-            print(f"boot {bios}: to START {min(starts):.2f}-{max(starts):.2f}s, "
-                  f"to READY {min(readys):.2f}-{max(readys):.2f}s ({a.boots} boots)")
+            measure_boots(ns, d, bios, tmp, a.boots)
 
         g, *_ = boot(ns, d, "qboot", tmp)
-        dt = echo(ns, a.echo)
-        print(f"kvm TCP echo: {a.echo} round trips in {dt:.2f}s = {a.echo / dt:.0f}/s")
-        dt = http(ns, a.http)
-        print(f"kvm HTTP: {a.http} requests in {dt:.2f}s = {a.http / dt:.1f}/s")
-        poweroff(ns, g)
-        g.close()
+        try:
+            dt = echo(ns, a.echo)
+            print(f"kvm TCP echo: {a.echo} round trips in {dt:.2f}s = {a.echo / dt:.0f}/s")
+            dt = http(ns, a.http)
+            print(f"kvm HTTP: {a.http} requests in {dt:.2f}s = {a.http / dt:.1f}/s")
+            poweroff(ns, g)
+        finally:
+            g.close()
 
         # Instructions: TCG with icount shift=0, guest TSC == instruction count.
         g, *_ = boot(ns, d, "qboot", tmp, accel="tcg-icount")
-        time.sleep(1)
+        try:
+            instructions(ns, g, a)
+        finally:
+            g.close()
 
-        def busy(fn):
-            s0 = status(ns)
-            w0 = time.monotonic()
-            fn()
-            w = time.monotonic() - w0
-            s1 = status(ns)
-            return (s1["tsc"] - s1["idle_tsc"]) - (s0["tsc"] - s0["idle_tsc"]), w
 
-        idle_busy, idle_w = busy(lambda: time.sleep(2))
-        per_s = idle_busy / idle_w          # timer ticks + status round trips
-        n_echo, n_http = min(a.echo, 500), min(a.http, 100)
-        b, w = busy(lambda: echo(ns, n_echo))
-        print(f"icount: idle baseline {per_s:.0f} instr/s; TCP echo round trip "
-              f"{(b - per_s * w) / n_echo:.0f} instructions")
-        b, w = busy(lambda: http(ns, n_http))
-        print(f"icount: HTTP request (incl. disk write+flush) "
-              f"{(b - per_s * w) / n_http:.0f} instructions")
-        poweroff(ns, g)
-        g.close()
+def instructions(ns, g, a):
+    time.sleep(1)
+
+    def busy(fn):
+        s0 = status(ns)
+        w0 = time.monotonic()
+        fn()
+        w = time.monotonic() - w0
+        s1 = status(ns)
+        return (s1["tsc"] - s1["idle_tsc"]) - (s0["tsc"] - s0["idle_tsc"]), w
+
+    idle_busy, idle_w = busy(lambda: time.sleep(2))
+    per_s = idle_busy / idle_w          # timer ticks + status round trips
+    n_echo, n_http = min(a.echo, 500), min(a.http, 100)
+    b, w = busy(lambda: echo(ns, n_echo))
+    print(f"icount: idle baseline {per_s:.0f} instr/s; TCP echo round trip "
+          f"{(b - per_s * w) / n_echo:.0f} instructions")
+    b, w = busy(lambda: http(ns, n_http))
+    print(f"icount: HTTP request (incl. disk write+flush) "
+          f"{(b - per_s * w) / n_http:.0f} instructions")
+    poweroff(ns, g)
 
 
 if __name__ == "__main__":
