@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "blockd", targets: ["blockd"]),
         .executable(name: "supervisord", targets: ["supervisord"]),
         .executable(name: "coloctl", targets: ["coloctl"]),
+        .executable(name: "colobench", targets: ["colobench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
@@ -73,6 +74,13 @@ let package = Package(
         .executableTarget(name: "coloctl", dependencies: [
             "ColoProtocol", "ControlSocket",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        // Benchmarks, each beside a baseline measured in the same run.
+        .executableTarget(name: "colobench", dependencies: [
+            "ColoProtocol", "ControlSocket", "SharedMemory",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
 
         .testTarget(name: "ColoProtocolTests", dependencies: ["ColoProtocol"]),

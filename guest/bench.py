@@ -19,7 +19,6 @@ Uses the test helpers in Tests/system (netns.py, qemu.py).
 from __future__ import annotations
 
 import argparse
-import re
 import socket
 import sys
 import tempfile

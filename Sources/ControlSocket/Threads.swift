@@ -29,10 +29,9 @@ public func spawnThread(name: String, _ body: @escaping @Sendable () -> Void) {
     pthread_detach(thread)
 }
 
-/// A pipe for waking threads blocked in poll. Until `drain()` is called the
-/// read end stays readable, so one `signal()` wakes every thread polling it
-/// (how a server stops all its readers) or, drained by its one reader, wakes
-/// that reader once (how a client reschedules its deadline).
+/// A pipe whose read end becomes readable, and stays readable, once
+/// `signal()` is called: a way to wake every thread blocked in poll at once
+/// (how a server stops all its connection threads).
 public final class WakeupPipe: Sendable {
     public let readEnd: FileDescriptor
     private let writeEnd: FileDescriptor
@@ -60,9 +59,4 @@ public final class WakeupPipe: Sendable {
         _ = write(writeEnd.rawValue, &byte, 1)
     }
 
-    /// Empties the pipe so that the read end stops being readable.
-    public func drain() {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while read(readEnd.rawValue, &buffer, buffer.count) > 0 {}
-    }
 }

@@ -143,7 +143,7 @@ public enum DaemonHost {
                         var message = ColoSandboxProbeOutcome()
                         message.syscall = outcome.syscall
                         message.refused = outcome.refused
-                        message.errno = outcome.errno
+                        message.errorNumber = outcome.errno
                         return message
                     }
                     return ControlReply(.sandboxProbe(reply))

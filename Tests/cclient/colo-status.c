@@ -14,10 +14,6 @@
  *       refusal with id 0), 2 transport or protocol failure.
  */
 #define _GNU_SOURCE
-/* The generated header comes before <errno.h>: a proto field may be named
- * `errno` (SandboxProbeOutcome has one), and once <errno.h> has made errno
- * a macro, that struct member no longer parses. This file never touches
- * such a member, so declaring the structs first is enough. */
 #include "colo/control/envelope.pb-c.h"
 
 #include <errno.h>

@@ -18,16 +18,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-DAEMONS = ("vmmd", "checkpointd", "proxyd", "blockd", "supervisord")
+from colo_daemons import DAEMONS, ActivatedDaemon, runtime_dir
+
 NOBODY = 65534
 
 pytestmark = [
@@ -35,82 +32,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                        reason="systemd-socket-activate is not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def cclient() -> Path:
-    """Tests/cclient/build/colo-status, built now (make is incremental)."""
-    subprocess.run(["make", "-s", "-C", str(REPO / "Tests" / "cclient")], check=True)
-    return REPO / "Tests" / "cclient" / "build" / "colo-status"
-
-
-@pytest.fixture(scope="module")
-def daemons_dir() -> Path:
-    """The built daemons: $COLO_DAEMONS_DIR, else .build/release, else
-    .build/debug (the host has the Swift runtime, so either build runs)."""
-    candidates = [Path(os.environ["COLO_DAEMONS_DIR"])] if "COLO_DAEMONS_DIR" in os.environ else [
-        REPO / ".build" / "release", REPO / ".build" / "debug"]
-    for d in candidates:
-        if all(os.access(d / n, os.X_OK) for n in DAEMONS):
-            return d.resolve()
-    pytest.fail(f"the daemons are not built in {[str(c) for c in candidates]}: run scripts/setup.sh")
-
-
-class ActivatedDaemon:
-    """One daemon behind systemd-socket-activate, with a notify socket."""
-
-    def __init__(self, binary: Path, name: str):
-        # Not under pytest's tmp_path: its 0700 parents would keep the
-        # unprivileged client from reaching the socket.
-        self.dir = Path(tempfile.mkdtemp(prefix=f"colo-cclient-{name}-"))
-        os.chmod(self.dir, 0o755)
-        self.name = name
-        self.sock = self.dir / f"{name}.sock"
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify_path = self.dir / "notify.sock"
-        self.notify.bind(str(self.notify_path))
-        self.messages: list[str] = []
-        self.log = open(self.dir / "daemon.log", "w+")
-        self.proc = subprocess.Popen(
-            ["systemd-socket-activate", "--seqpacket", "-l", str(self.sock),
-             "-E", f"NOTIFY_SOCKET={self.notify_path}", "-E", "COLO_RUNTIME_DIR=" + str(self.dir),
-             str(binary), "--runtime-dir", str(self.dir)],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while not self.sock.exists():
-            assert time.monotonic() < deadline, f"{self.sock} never appeared:\n{self.output()}"
-            assert self.proc.poll() is None, f"systemd-socket-activate exited:\n{self.output()}"
-            time.sleep(0.02)
-        # Let the unprivileged client reach the file; the daemon's own
-        # SO_PEERCRED check is what must refuse it.
-        os.chmod(self.sock, 0o666)
-
-    def output(self) -> str:
-        self.log.flush()
-        return (self.dir / "daemon.log").read_text(errors="replace")[-4000:]
-
-    def wait_notify(self, field: str, timeout: float = 20.0) -> bool:
-        """Collect notify datagrams until one carries the field (e.g. READY=1)."""
-        deadline = time.monotonic() + timeout
-        while not any(field in m.split("\n") for m in self.messages):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self.notify.settimeout(remaining)
-            try:
-                self.messages.append(self.notify.recv(4096).decode(errors="replace"))
-            except socket.timeout:
-                return False
-        return True
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.notify.close()
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def run_client(cclient: Path, sock: Path, *args: str, uid: int | None = None):
@@ -123,7 +44,7 @@ def run_client(cclient: Path, sock: Path, *args: str, uid: int | None = None):
 
 @pytest.mark.parametrize("daemon", DAEMONS)
 def test_c_client_talks_to_every_daemon(cclient, daemons_dir, daemon):
-    d = ActivatedDaemon(daemons_dir / daemon, daemon)
+    d = ActivatedDaemon(daemons_dir / daemon, daemon, runtime_dir(f"cclient-{daemon}"))
     try:
         # First connection: systemd-socket-activate execs the daemon, which
         # then answers on the socket it was handed.
@@ -164,6 +85,7 @@ def test_c_client_talks_to_every_daemon(cclient, daemons_dir, daemon):
         assert d.wait_notify("STOPPING=1", timeout=2), d.messages
     finally:
         d.close()
+        shutil.rmtree(d.dir, ignore_errors=True)
 
 
 def test_c_client_transport_failure_exit_status(cclient, tmp_path):

@@ -127,7 +127,7 @@ def test_seccomp_filter_refuses_what_is_not_listed(host, daemon):
     outcomes = {o.syscall: o for o in reply.sandbox_probe.outcomes}
     assert {"openat", "socket", "execve", "ptrace"} <= set(outcomes)
     for name, outcome in outcomes.items():
-        assert outcome.refused and outcome.errno == 1, f"{daemon}: {name} was not refused: {outcome}"
+        assert outcome.refused and outcome.error_number == 1, f"{daemon}: {name} was not refused: {outcome}"
     # Still serving under the filter.
     assert colo_proto.status(d.sock).pid == d.proc.pid
 
@@ -139,7 +139,7 @@ def test_without_the_sandbox_the_probe_sees_the_calls_succeed():
         reply = colo_proto.call(h.daemons["blockd"].sock, colo_proto.request(3, sandbox_probe={}))
         outcomes = {o.syscall: o for o in reply.sandbox_probe.outcomes}
         assert not outcomes["openat"].refused and not outcomes["socket"].refused
-        assert not outcomes["execve"].refused and outcomes["execve"].errno != 1
+        assert not outcomes["execve"].refused and outcomes["execve"].error_number != 1
         assert h.daemons["blockd"].proc_status()["Seccomp"] == "0"
     finally:
         h.close()

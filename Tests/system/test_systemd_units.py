@@ -26,7 +26,6 @@ runtime).
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -60,17 +59,6 @@ NOT_SANDBOX = {
 
 
 @pytest.fixture(scope="module")
-def daemons_dir() -> Path:
-    """Directory holding the five built daemons (fails if they are absent:
-    CI builds them in scripts/setup.sh, so absence is a real failure)."""
-    d = Path(os.environ.get("COLO_DAEMONS_DIR", REPO / ".build" / "release")).resolve()
-    missing = [n for n in DAEMONS if not os.access(d / n, os.X_OK)]
-    if missing:
-        pytest.fail(f"daemons {missing} not built in {d}: run scripts/setup.sh (or set COLO_DAEMONS_DIR)")
-    return d
-
-
-@pytest.fixture(scope="module")
 def swift_runtime_dirs(daemons_dir) -> list[str]:
     """Host directories of Swift runtime libraries the daemons link to.
 
@@ -89,13 +77,6 @@ def swift_runtime_dirs(daemons_dir) -> list[str]:
             if "=>" in parts and parts[0].startswith("libswift") or "=>" in parts and "/swift/" in line:
                 dirs.add(str(Path(parts[parts.index("=>") + 1]).parent))
     return sorted(dirs)
-
-
-@pytest.fixture(scope="module")
-def cclient() -> Path:
-    """Tests/cclient/build/colo-status, built now (make is incremental)."""
-    subprocess.run(["make", "-s", "-C", str(REPO / "Tests" / "cclient")], check=True)
-    return REPO / "Tests" / "cclient" / "build" / "colo-status"
 
 
 @pytest.fixture(scope="module")

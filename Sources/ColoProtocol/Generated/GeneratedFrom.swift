@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "2d1b099e753512fd1da1419ae93c6ff4f7d6b3565dd448e0c3af0712d4580b5f"
+package let generatedFromProtoSourcesSHA256 = "3314da8590d97c1cd32e7d89580c2635016faf193da78c37819b5c50d2644c71"

@@ -256,7 +256,7 @@ public nonisolated struct ColoSandboxProbeOutcome: Sendable {
   public var refused: Bool = false
 
   /// errno of the failed call; 0 when the call succeeded.
-  public var errno: Int32 = 0
+  public var errorNumber: Int32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -518,7 +518,7 @@ nonisolated extension ColoSandboxProbeRequest: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension ColoSandboxProbeOutcome: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SandboxProbeOutcome"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}syscall\0\u{1}refused\0\u{1}errno\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}syscall\0\u{1}refused\0\u{3}error_number\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -528,7 +528,7 @@ nonisolated extension ColoSandboxProbeOutcome: SwiftProtobuf.Message, SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.syscall) }()
       case 2: try { try decoder.decodeSingularBoolField(value: &self.refused) }()
-      case 3: try { try decoder.decodeSingularInt32Field(value: &self.errno) }()
+      case 3: try { try decoder.decodeSingularInt32Field(value: &self.errorNumber) }()
       default: break
       }
     }
@@ -541,8 +541,8 @@ nonisolated extension ColoSandboxProbeOutcome: SwiftProtobuf.Message, SwiftProto
     if self.refused != false {
       try visitor.visitSingularBoolField(value: self.refused, fieldNumber: 2)
     }
-    if self.errno != 0 {
-      try visitor.visitSingularInt32Field(value: self.errno, fieldNumber: 3)
+    if self.errorNumber != 0 {
+      try visitor.visitSingularInt32Field(value: self.errorNumber, fieldNumber: 3)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -550,7 +550,7 @@ nonisolated extension ColoSandboxProbeOutcome: SwiftProtobuf.Message, SwiftProto
   public static func ==(lhs: ColoSandboxProbeOutcome, rhs: ColoSandboxProbeOutcome) -> Bool {
     if lhs.syscall != rhs.syscall {return false}
     if lhs.refused != rhs.refused {return false}
-    if lhs.errno != rhs.errno {return false}
+    if lhs.errorNumber != rhs.errorNumber {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
