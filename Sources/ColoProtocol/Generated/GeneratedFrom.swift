@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "3314da8590d97c1cd32e7d89580c2635016faf193da78c37819b5c50d2644c71"
+package let generatedFromProtoSourcesSHA256 = "1cf813cf768cc60e609e4fe3e3f348f14a4576bca3c91c731f17939779622910"
