@@ -29,6 +29,8 @@ let package = Package(
                        providers: [.apt(["libseccomp-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd",
                        providers: [.apt(["libsystemd-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
         // Macros and inline functions Swift cannot import.
         .target(name: "CSupport"),
 
@@ -58,6 +60,8 @@ let package = Package(
             "CSupport",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // Mutual authentication of every connection between the two hosts.
+        .target(name: "PeerAuthentication", dependencies: ["COpenSSL"]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -86,6 +90,7 @@ let package = Package(
         .testTarget(name: "ColoProtocolTests", dependencies: ["ColoProtocol"]),
         .testTarget(name: "ControlSocketTests", dependencies: ["ControlSocket", "ColoProtocol", "SharedMemory"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory"]),
+        .testTarget(name: "PeerAuthenticationTests", dependencies: ["PeerAuthentication"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
     ],
