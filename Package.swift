@@ -62,6 +62,8 @@ let package = Package(
         ]),
         // Mutual authentication of every connection between the two hosts.
         .target(name: "PeerAuthentication", dependencies: ["COpenSSL"]),
+        // A host's configuration file, parsed and validated.
+        .target(name: "PairConfiguration"),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -91,6 +93,7 @@ let package = Package(
         .testTarget(name: "ControlSocketTests", dependencies: ["ControlSocket", "ColoProtocol", "SharedMemory"]),
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory"]),
         .testTarget(name: "PeerAuthenticationTests", dependencies: ["PeerAuthentication"]),
+        .testTarget(name: "PairConfigurationTests", dependencies: ["PairConfiguration"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
     ],
