@@ -64,6 +64,8 @@ let package = Package(
         .target(name: "PeerAuthentication", dependencies: ["COpenSSL"]),
         // A host's configuration file, parsed and validated.
         .target(name: "PairConfiguration"),
+        // Framed, tuned TCP connections between the hosts.
+        .target(name: "PeerLink", dependencies: ["CSupport", "PairConfiguration"]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -94,6 +96,7 @@ let package = Package(
         .testTarget(name: "SharedMemoryTests", dependencies: ["SharedMemory"]),
         .testTarget(name: "PeerAuthenticationTests", dependencies: ["PeerAuthentication"]),
         .testTarget(name: "PairConfigurationTests", dependencies: ["PairConfiguration"]),
+        .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PairConfiguration"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
     ],
