@@ -66,6 +66,8 @@ let package = Package(
         .target(name: "PairConfiguration"),
         // Framed, tuned TCP connections between the hosts.
         .target(name: "PeerLink", dependencies: ["CSupport", "PairConfiguration"]),
+        // The pair's states and transitions, free of I/O.
+        .target(name: "PairStateMachine"),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -97,6 +99,7 @@ let package = Package(
         .testTarget(name: "PeerAuthenticationTests", dependencies: ["PeerAuthentication"]),
         .testTarget(name: "PairConfigurationTests", dependencies: ["PairConfiguration"]),
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PairConfiguration"]),
+        .testTarget(name: "PairStateMachineTests", dependencies: ["PairStateMachine"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
     ],

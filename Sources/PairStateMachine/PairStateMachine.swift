@@ -1,0 +1,115 @@
+/// The pair's state machine for one host: a pure function of events to
+/// actions, with no I/O, so that every path (including the rare ones a
+/// failover takes) is tested directly; supervisord performs the actions.
+///
+/// The rule that keeps a pair from having two primaries: a host that loses
+/// its peer may run alone only once the witness has granted it the pair for a
+/// new epoch. Epochs only grow, and the witness grants each epoch once, so
+/// two hosts cut apart can never both hold the pair.
+public struct PairStateMachine: Sendable, Equatable, Codable {
+    public private(set) var state: PairState
+    public private(set) var role: PairRole
+    /// The pair's generation: increases at each failover. A host's claim to
+    /// run alone is for `epoch + 1`.
+    public private(set) var epoch: UInt64
+    /// The epoch being claimed while in `.claiming`.
+    public private(set) var claimedEpoch: UInt64?
+
+    public init(role: PairRole, epoch: UInt64 = 0) {
+        self.state = .waiting
+        self.role = role
+        self.epoch = epoch
+    }
+
+    public enum Event: Sendable, Equatable {
+        case peerConnected(peerEpoch: UInt64)
+        case syncCompleted
+        case syncFailed(String)
+        case peerLost
+        case operatorFailover
+        case witnessGranted(epoch: UInt64)
+        /// The witness gave the epoch to the other host, or cannot be
+        /// reached (either way this host must not run alone).
+        case witnessRefused(String)
+        case operatorResync
+        case operatorFailback
+    }
+
+    /// What supervisord must do, in order.
+    public enum Action: Sendable, Equatable {
+        /// Start the initial sync (primary sends, secondary receives).
+        case startSync
+        case startLockstep
+        /// Stop checkpointing, stop the replication links.
+        case stopReplication
+        /// Ask the witness for `epoch`.
+        case claimFromWitness(epoch: UInt64, reason: ClaimReason)
+        /// Secondary taking over: commit the disk overlays, proxyd to
+        /// pass-through with gratuitous ARP, the VM runs on as the primary.
+        case takeOver
+        /// Primary losing its secondary: release held output, run alone.
+        case continueAlone
+        /// Stop the VM's output for good: another host holds the pair.
+        case fence(reason: String)
+        /// Persist the state (role, epoch) before anything else happens.
+        case persist
+        /// Swap roles with the partner (failback).
+        case swapRoles
+    }
+
+    /// Handles one event. An event that does not apply in the current state
+    /// changes nothing and returns no actions (supervisord logs it).
+    public mutating func handle(_ event: Event) -> [Action] {
+        switch (state, event) {
+        case (.waiting, .peerConnected(let peerEpoch)):
+            epoch = max(epoch, peerEpoch)
+            state = .syncing
+            return [.persist, .startSync]
+        case (.syncing, .syncCompleted), (.resyncing, .syncCompleted):
+            state = .lockstep
+            return [.persist, .startLockstep]
+        case (.syncing, .syncFailed):
+            state = .waiting
+            return [.stopReplication, .persist]
+        case (.resyncing, .syncFailed):
+            state = .alone
+            return [.stopReplication, .persist]
+        case (.syncing, .peerLost):
+            // A half-synced secondary holds nothing worth keeping.
+            state = .waiting
+            return [.stopReplication, .persist]
+        case (.resyncing, .peerLost):
+            state = .alone
+            return [.stopReplication, .persist]
+        case (.lockstep, .peerLost):
+            return claim(.heartbeatLost)
+        case (.lockstep, .operatorFailover):
+            return claim(.operatorFailover)
+        case (.claiming, .witnessGranted(let granted)) where granted == claimedEpoch:
+            epoch = granted
+            claimedEpoch = nil
+            state = .alone
+            let wasSecondary = role == .secondary
+            role = .primary
+            return [.persist, wasSecondary ? .takeOver : .continueAlone]
+        case (.claiming, .witnessRefused(let reason)):
+            claimedEpoch = nil
+            state = .fenced
+            return [.persist, .fence(reason: reason)]
+        case (.alone, .operatorResync):
+            state = .resyncing
+            return [.persist, .startSync]
+        case (.lockstep, .operatorFailback):
+            role = role == .primary ? .secondary : .primary
+            return [.persist, .swapRoles]
+        default:
+            return []
+        }
+    }
+
+    private mutating func claim(_ reason: ClaimReason) -> [Action] {
+        state = .claiming
+        claimedEpoch = epoch + 1
+        return [.stopReplication, .persist, .claimFromWitness(epoch: epoch + 1, reason: reason)]
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import PairStateMachine
+import XCTest
+
+final class PairStateMachineTests: XCTestCase {
+    private func lockstep(_ role: PairRole, epoch: UInt64 = 0) -> PairStateMachine {
+        var machine = PairStateMachine(role: role, epoch: epoch)
+        _ = machine.handle(.peerConnected(peerEpoch: epoch))
+        _ = machine.handle(.syncCompleted)
+        XCTAssertEqual(machine.state, .lockstep)
+        return machine
+    }
+
+    func testStartUpSyncsThenRunsInLockstep() {
+        var machine = PairStateMachine(role: .primary)
+        XCTAssertEqual(machine.handle(.peerConnected(peerEpoch: 3)), [.persist, .startSync])
+        XCTAssertEqual(machine.epoch, 3, "a host that was away adopts the pair's newer epoch")
+        XCTAssertEqual(machine.handle(.syncCompleted), [.persist, .startLockstep])
+        XCTAssertEqual(machine.state, .lockstep)
+    }
+
+    func testSecondaryTakesOverOnlyWithTheWitnessGrant() {
+        var machine = lockstep(.secondary, epoch: 4)
+        XCTAssertEqual(machine.handle(.peerLost),
+                       [.stopReplication, .persist, .claimFromWitness(epoch: 5, reason: .heartbeatLost)])
+        XCTAssertEqual(machine.state, .claiming)
+        XCTAssertEqual(machine.role, .secondary, "no role change before the grant")
+        // A grant for another epoch (a stale answer) changes nothing.
+        XCTAssertEqual(machine.handle(.witnessGranted(epoch: 4)), [])
+        XCTAssertEqual(machine.handle(.witnessGranted(epoch: 5)), [.persist, .takeOver])
+        XCTAssertEqual(machine.state, .alone)
+        XCTAssertEqual(machine.role, .primary)
+        XCTAssertEqual(machine.epoch, 5)
+    }
+
+    func testPrimaryLosingItsSecondaryContinuesAloneWithTheGrant() {
+        var machine = lockstep(.primary)
+        _ = machine.handle(.peerLost)
+        XCTAssertEqual(machine.handle(.witnessGranted(epoch: 1)), [.persist, .continueAlone])
+        XCTAssertEqual(machine.role, .primary)
+    }
+
+    func testRefusedOrUnreachableWitnessFences() {
+        for role in [PairRole.primary, .secondary] {
+            var machine = lockstep(role)
+            _ = machine.handle(.peerLost)
+            XCTAssertEqual(machine.handle(.witnessRefused("granted to beta")),
+                           [.persist, .fence(reason: "granted to beta")])
+            XCTAssertEqual(machine.state, .fenced)
+            // Fenced is final until an operator intervenes.
+            XCTAssertEqual(machine.handle(.witnessGranted(epoch: 1)), [])
+            XCTAssertEqual(machine.handle(.operatorResync), [])
+        }
+    }
+
+    func testResyncBringsASurvivorBackToLockstep() {
+        var machine = lockstep(.secondary)
+        _ = machine.handle(.operatorFailover)
+        _ = machine.handle(.witnessGranted(epoch: 1))
+        XCTAssertEqual(machine.handle(.operatorResync), [.persist, .startSync])
+        XCTAssertEqual(machine.state, .resyncing)
+        XCTAssertEqual(machine.handle(.peerLost), [.stopReplication, .persist])
+        XCTAssertEqual(machine.state, .alone, "a failed resync leaves the survivor running")
+        _ = machine.handle(.operatorResync)
+        XCTAssertEqual(machine.handle(.syncCompleted), [.persist, .startLockstep])
+        // And a second failover works too.
+        XCTAssertEqual(machine.handle(.peerLost),
+                       [.stopReplication, .persist, .claimFromWitness(epoch: 2, reason: .heartbeatLost)])
+    }
+
+    func testFailbackSwapsRoles() {
+        var machine = lockstep(.primary)
+        XCTAssertEqual(machine.handle(.operatorFailback), [.persist, .swapRoles])
+        XCTAssertEqual(machine.role, .secondary)
+        XCTAssertEqual(machine.state, .lockstep)
+    }
+
+    func testEventsThatDoNotApplyChangeNothing() {
+        var machine = PairStateMachine(role: .primary)
+        let before = machine
+        for event: PairStateMachine.Event in [.syncCompleted, .peerLost, .operatorFailover, .operatorResync,
+                                              .witnessGranted(epoch: 1), .witnessRefused("x"), .operatorFailback] {
+            XCTAssertEqual(machine.handle(event), [], "\(event)")
+            XCTAssertEqual(machine, before)
+        }
+    }
+
+    /// The state survives a restart of supervisord as JSON.
+    func testStateRoundTripsThroughItsPersistedForm() throws {
+        var machine = lockstep(.secondary, epoch: 7)
+        _ = machine.handle(.peerLost)
+        let encoded = try JSONEncoder().encode(machine)
+        XCTAssertEqual(try JSONDecoder().decode(PairStateMachine.self, from: encoded), machine)
+    }
+}
