@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "blockd", targets: ["blockd"]),
         .executable(name: "supervisord", targets: ["supervisord"]),
         .executable(name: "coloctl", targets: ["coloctl"]),
+        .executable(name: "colo-witness", targets: ["colo-witness"]),
         .executable(name: "colobench", targets: ["colobench"]),
     ],
     dependencies: [
@@ -68,6 +69,11 @@ let package = Package(
         .target(name: "PeerLink", dependencies: ["CSupport", "PairConfiguration"]),
         // The pair's states and transitions, free of I/O.
         .target(name: "PairStateMachine"),
+        // The tie-breaker that keeps a cut link from making two primaries.
+        .target(name: "Witness", dependencies: [
+            "ColoProtocol", "ControlSocket", "PairConfiguration", "PeerAuthentication", "PeerLink",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -86,6 +92,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        .executableTarget(name: "colo-witness", dependencies: [
+            "Witness", "PairConfiguration", "PeerAuthentication", "PeerLink", "Sandbox", "Systemd",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Benchmarks, each beside a baseline measured in the same run.
         .executableTarget(name: "colobench", dependencies: [
             "ColoProtocol", "ControlSocket", "SharedMemory",
@@ -100,6 +111,8 @@ let package = Package(
         .testTarget(name: "PairConfigurationTests", dependencies: ["PairConfiguration"]),
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PairConfiguration"]),
         .testTarget(name: "PairStateMachineTests", dependencies: ["PairStateMachine"]),
+        .testTarget(name: "WitnessTests", dependencies: ["Witness", "ColoProtocol", "PeerAuthentication", "PeerLink",
+                                                         "PairConfiguration"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
     ],

@@ -1,10 +1,11 @@
-/// Parsers for the value types a configuration uses. Each returns nil on a
-/// malformed value; `SectionReader` turns that into a located error that
-/// says what form was expected.
-enum ValueParser {
+/// Parsers for the value types a configuration uses, shared with command-line
+/// flags that take the same forms (one syntax for an address everywhere).
+/// Each returns nil on a malformed value; `SectionReader` turns that into a
+/// located error that says what form was expected.
+public enum ValueParser {
     /// "250ms", "2s", "1.5s", "1m": durations with a unit, never bare numbers
     /// (is "5" seconds or milliseconds? the file must say).
-    static func duration(_ text: String) -> Duration? {
+    public static func duration(_ text: String) -> Duration? {
         let units: [(String, Double)] = [("ms", 1e-3), ("us", 1e-6), ("s", 1), ("m", 60)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             let number = text.dropLast(suffix.count)
@@ -15,7 +16,7 @@ enum ValueParser {
     }
 
     /// "128M", "1G", "4096" (bytes), "64K"; binary multiples.
-    static func size(_ text: String) -> UInt64? {
+    public static func size(_ text: String) -> UInt64? {
         let multipliers: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
         var digits = Substring(text)
         var multiplier: UInt64 = 1
@@ -28,13 +29,13 @@ enum ValueParser {
         return overflow ? nil : product
     }
 
-    static func integer(_ text: String, in range: ClosedRange<Int>) -> Int? {
+    public static func integer(_ text: String, in range: ClosedRange<Int>) -> Int? {
         guard let value = Int(text), range.contains(value) else { return nil }
         return value
     }
 
     /// "10.0.0.1:7600" or "[fd00::1]:7600".
-    static func socketAddress(_ text: String) -> SocketAddress? {
+    public static func socketAddress(_ text: String) -> SocketAddress? {
         let host: Substring, port: Substring
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
@@ -54,7 +55,7 @@ enum ValueParser {
     }
 
     /// "52:54:00:12:34:56", a unicast address.
-    static func macAddress(_ text: String) -> [UInt8]? {
+    public static func macAddress(_ text: String) -> [UInt8]? {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 6 else { return nil }
         let bytes = parts.compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
@@ -63,7 +64,7 @@ enum ValueParser {
     }
 
     /// An absolute path without NUL or newline.
-    static func absolutePath(_ text: String) -> String? {
+    public static func absolutePath(_ text: String) -> String? {
         text.hasPrefix("/") && !text.contains("\0") && text.count < 4096 ? text : nil
     }
 }
