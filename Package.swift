@@ -69,9 +69,11 @@ let package = Package(
         .target(name: "PeerLink", dependencies: ["CSupport", "PairConfiguration"]),
         // The pair's states and transitions, free of I/O.
         .target(name: "PairStateMachine"),
+        // Small state files replaced atomically and durably.
+        .target(name: "DurableFile"),
         // The tie-breaker that keeps a cut link from making two primaries.
         .target(name: "Witness", dependencies: [
-            "ColoProtocol", "ControlSocket", "PairConfiguration", "PeerAuthentication", "PeerLink",
+            "ColoProtocol", "ControlSocket", "DurableFile", "PairConfiguration", "PeerAuthentication", "PeerLink",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // What every daemon's main shares.

@@ -1,5 +1,6 @@
 import ColoProtocol
 import ControlSocket
+import DurableFile
 import Glibc
 import Logging
 import PairConfiguration
@@ -26,8 +27,10 @@ public final class WitnessService: Sendable {
         self.stateFile = stateFile
         self.logger = logger
         var registry = WitnessRegistry()
-        if let stateFile, let text = try Self.read(stateFile) {
-            registry = try WitnessRegistry(serialized: text)
+        if let stateFile {
+            let text: String?
+            do { text = try DurableFile.read(stateFile) } catch { throw .io(error.description) }
+            if let text { registry = try WitnessRegistry(serialized: text) }
         }
         self.registry = Mutex(registry)
     }
@@ -70,7 +73,7 @@ public final class WitnessService: Sendable {
             switch updated.claim(pair: claim.pair, host: claim.host, epoch: claim.epoch) {
             case .granted:
                 do {
-                    if updated != registry, let stateFile { try Self.write(updated.serialized, to: stateFile) }
+                    if updated != registry, let stateFile { try DurableFile.write(updated.serialized, to: stateFile) }
                     registry = updated
                     verdict.granted = true
                     verdict.holder = claim.host
@@ -90,43 +93,6 @@ public final class WitnessService: Sendable {
             "holder": "\(verdict.holder)", "reason": "\(verdict.reason)",
         ])
         return verdict
-    }
-
-    static func read(_ path: String) throws(WitnessError) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 && errno == ENOENT { return nil }
-        guard fd >= 0 else { throw .io("open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let count = Glibc.read(fd, &chunk, chunk.count)
-            if count < 0 && errno == EINTR { continue }
-            guard count >= 0 else { throw .io("read \(path): \(String(cString: strerror(errno)))") }
-            if count == 0 { break }
-            bytes += chunk[0..<count]
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    /// Replaces the state file atomically and durably: write a temporary
-    /// file, fsync it, rename it over the old one, fsync the directory.
-    static func write(_ text: String, to path: String) throws(WitnessError) {
-        let temporary = path + ".new"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .io("open \(temporary): \(String(cString: strerror(errno)))") }
-        let bytes = Array(text.utf8)
-        let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        let synced = fsync(fd)
-        close(fd)
-        guard written == bytes.count, synced == 0 else { throw .io("write \(temporary) failed") }
-        guard rename(temporary, path) == 0 else { throw .io("rename \(temporary): \(String(cString: strerror(errno)))") }
-        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
-        let directoryFD = open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directoryFD >= 0 {
-            fsync(directoryFD)
-            close(directoryFD)
-        }
     }
 }
 
