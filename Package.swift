@@ -76,6 +76,12 @@ let package = Package(
             "ColoProtocol", "ControlSocket", "DurableFile", "PairConfiguration", "PeerAuthentication", "PeerLink",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // One host's side of a pair: peer link, heartbeat, witness, state.
+        .target(name: "PairSupervision", dependencies: [
+            "ColoProtocol", "ControlSocket", "DurableFile", "PairConfiguration", "PairStateMachine",
+            "PeerAuthentication", "PeerLink", "Witness",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -113,6 +119,10 @@ let package = Package(
         .testTarget(name: "PairConfigurationTests", dependencies: ["PairConfiguration"]),
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PairConfiguration"]),
         .testTarget(name: "PairStateMachineTests", dependencies: ["PairStateMachine"]),
+        .testTarget(name: "PairSupervisionTests", dependencies: [
+            "PairSupervision", "PairConfiguration", "PairStateMachine", "PeerAuthentication", "PeerLink", "Witness",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "WitnessTests", dependencies: ["Witness", "ColoProtocol", "PeerAuthentication", "PeerLink",
                                                          "PairConfiguration"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),

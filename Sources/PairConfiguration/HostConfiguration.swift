@@ -4,6 +4,7 @@
 ///
 ///     [pair]
 ///     name = demo
+///     host = alpha                     # this host's name in the pair
 ///     role = primary                   # or secondary
 ///     listen = 10.77.0.1:7600          # where the peer connects to us
 ///     peer = 10.77.0.2:7600
@@ -39,6 +40,8 @@ public struct HostConfiguration: Sendable, Equatable {
 
     public struct Pair: Sendable, Equatable {
         public var name: String
+        /// This host's name: how the witness and the peer's logs know it.
+        public var host: String
         public var role: Role
         public var listen: SocketAddress
         public var peer: SocketAddress
@@ -107,6 +110,9 @@ public struct HostConfiguration: Sendable, Equatable {
         pair = Pair(
             name: try pairSection.required("name", "a name of letters, digits, '-' or '_'") {
                 !$0.isEmpty && $0.count <= 32 && $0.allSatisfy(\.isNameCharacter) ? $0 : nil
+            },
+            host: try pairSection.required("host", "a name of letters, digits, '-' or '_'") {
+                !$0.isEmpty && $0.count <= 64 && $0.allSatisfy(\.isNameCharacter) ? $0 : nil
             },
             role: try pairSection.required("role", "primary or secondary") { Role(rawValue: $0) },
             listen: try pairSection.required("listen", "address:port", ValueParser.socketAddress),

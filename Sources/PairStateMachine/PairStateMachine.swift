@@ -21,6 +21,16 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         self.epoch = epoch
     }
 
+    /// The machine as persisted before a restart. Only the states that
+    /// outlive the link to the peer survive (a survivor running alone, a
+    /// fenced host); the others start again from waiting, because the peer
+    /// cannot have kept lock-step with a supervisor that was gone.
+    public init(restoring role: PairRole, state: PairState, epoch: UInt64) {
+        self.role = role
+        self.epoch = epoch
+        self.state = [.alone, .fenced].contains(state) ? state : .waiting
+    }
+
     public enum Event: Sendable, Equatable {
         case peerConnected(peerEpoch: UInt64)
         case syncCompleted

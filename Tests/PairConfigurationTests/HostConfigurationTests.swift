@@ -6,6 +6,7 @@ final class HostConfigurationTests: XCTestCase {
     # demo pair, primary side
     [pair]
     name = demo
+    host = alpha
     role = primary
     listen = 10.77.0.1:7600
     peer = 10.77.0.2:7600
@@ -42,6 +43,7 @@ final class HostConfigurationTests: XCTestCase {
     func testAValidFileGivesTypedValues() throws {
         let configuration = try parse(Self.valid)
         XCTAssertEqual(configuration.pair.role, .primary)
+        XCTAssertEqual(configuration.pair.host, "alpha")
         XCTAssertEqual(configuration.pair.peer.description, "10.77.0.2:7600")
         XCTAssertEqual(configuration.pair.witness?.description, "[fd00::9]:7700")
         XCTAssertEqual(configuration.guest.memoryBytes, 128 << 20)
@@ -56,16 +58,16 @@ final class HostConfigurationTests: XCTestCase {
     /// was expected instead.
     func testEveryMistakeIsLocatedAndExplained() {
         let cases: [(String, String, String)] = [
-            ("role = primary", "role = leader", "demo.conf:4: [pair] role = leader: expected primary or secondary"),
-            ("memory = 128M", "memory = 4M", "demo.conf:13: [guest] memory = 4M: expected a size"),
+            ("role = primary", "role = leader", "demo.conf:5: [pair] role = leader: expected primary or secondary"),
+            ("memory = 128M", "memory = 4M", "demo.conf:14: [guest] memory = 4M: expected a size"),
             ("memory = 128M", "memory = 99999999999999999999G", "expected a size"),
-            ("peer = 10.77.0.2:7600", "peer = 10.77.0.300:7600", "demo.conf:6: [pair] peer"),
+            ("peer = 10.77.0.2:7600", "peer = 10.77.0.300:7600", "demo.conf:7: [pair] peer"),
             ("peer = 10.77.0.2:7600", "peer = 10.77.0.1:7600", "the peer's address is our own"),
-            ("listen = 10.77.0.1:7600", "listen = 10.77.0.1:0", "demo.conf:5:"),
+            ("listen = 10.77.0.1:7600", "listen = 10.77.0.1:0", "demo.conf:6:"),
             ("guest-mac = 52:54:00:12:34:56", "guest-mac = 01:00:5e:00:00:01", "unicast MAC"),
             ("timeout = 500ms", "timeout = 150ms", "at least 3 heartbeat intervals"),
             ("interval = 100ms", "interval = 100", "expected a duration"),
-            ("vcpus = 1", "vcpus = 1\nvcpus = 2", "demo.conf:15: 'vcpus' is already set on line 14"),
+            ("vcpus = 1", "vcpus = 1\nvcpus = 2", "demo.conf:16: 'vcpus' is already set on line 15"),
             ("ram-channels = 2", "ram-channels = 2\nram-chanels = 4", "unknown key 'ram-chanels' in [checkpoint]"),
             ("[heartbeat]", "[heartbeats]", "unknown section [heartbeats]"),
             ("kernel = /usr/local/share/colo/colo-guest.elf", "kernel = colo-guest.elf", "an absolute path"),

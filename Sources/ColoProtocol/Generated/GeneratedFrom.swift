@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "08b3238725ff1a71124a5c1528fbe8d8ca141622a80d30b411d59a42576db949"
+package let generatedFromProtoSourcesSHA256 = "453ae8f32f4919977f9251fbae15f2873017639739aa782ecccf322ffaefb4b7"

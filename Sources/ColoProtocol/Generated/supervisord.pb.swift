@@ -71,28 +71,71 @@ public nonisolated struct ColoDaemonReport: Sendable {
   public init() {}
 }
 
+/// The pair as this host sees it.
+public nonisolated struct ColoPairReport: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var pair: String = String()
+
+  public var hostRole: String = String()
+
+  /// PairState's raw value.
+  public var state: String = String()
+
+  public var epoch: UInt64 = 0
+
+  /// The peer's last heartbeat: its state, and how long ago it came.
+  public var peerState: String = String()
+
+  public var peerHeardMsAgo: UInt64 = 0
+
+  public var peerConnected: Bool = false
+
+  /// Why the host is fenced or claiming, when it is.
+  public var detail: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 /// Answer to `HostStatusRequest`: supervisord itself and each daemon it manages.
-public nonisolated struct ColoHostStatus: Sendable {
+public nonisolated struct ColoHostStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   public var supervisor: ColoDaemonStatus {
-    get {_supervisor ?? ColoDaemonStatus()}
-    set {_supervisor = newValue}
+    get {_storage._supervisor ?? ColoDaemonStatus()}
+    set {_uniqueStorage()._supervisor = newValue}
   }
   /// Returns true if `supervisor` has been explicitly set.
-  public var hasSupervisor: Bool {self._supervisor != nil}
+  public var hasSupervisor: Bool {_storage._supervisor != nil}
   /// Clears the value of `supervisor`. Subsequent reads from it will return its default value.
-  public mutating func clearSupervisor() {self._supervisor = nil}
+  public mutating func clearSupervisor() {_uniqueStorage()._supervisor = nil}
 
-  public var daemons: [ColoDaemonReport] = []
+  public var daemons: [ColoDaemonReport] {
+    get {_storage._daemons}
+    set {_uniqueStorage()._daemons = newValue}
+  }
+
+  /// Absent when supervisord runs without a pair configuration.
+  public var pair: ColoPairReport {
+    get {_storage._pair ?? ColoPairReport()}
+    set {_uniqueStorage()._pair = newValue}
+  }
+  /// Returns true if `pair` has been explicitly set.
+  public var hasPair: Bool {_storage._pair != nil}
+  /// Clears the value of `pair`. Subsequent reads from it will return its default value.
+  public mutating func clearPair() {_uniqueStorage()._pair = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _supervisor: ColoDaemonStatus? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -190,9 +233,9 @@ nonisolated extension ColoDaemonReport: SwiftProtobuf.Message, SwiftProtobuf._Me
   }
 }
 
-nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".HostStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}supervisor\0\u{1}daemons\0")
+nonisolated extension ColoPairReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pair\0\u{3}host_role\0\u{1}state\0\u{1}epoch\0\u{3}peer_state\0\u{3}peer_heard_ms_ago\0\u{3}peer_connected\0\u{1}detail\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -200,30 +243,140 @@ nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._Mess
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularMessageField(value: &self._supervisor) }()
-      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.daemons) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.pair) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.hostRole) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.state) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.peerState) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.peerHeardMsAgo) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.peerConnected) }()
+      case 8: try { try decoder.decodeSingularStringField(value: &self.detail) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    try { if let v = self._supervisor {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-    } }()
-    if !self.daemons.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.daemons, fieldNumber: 2)
+    if !self.pair.isEmpty {
+      try visitor.visitSingularStringField(value: self.pair, fieldNumber: 1)
+    }
+    if !self.hostRole.isEmpty {
+      try visitor.visitSingularStringField(value: self.hostRole, fieldNumber: 2)
+    }
+    if !self.state.isEmpty {
+      try visitor.visitSingularStringField(value: self.state, fieldNumber: 3)
+    }
+    if self.epoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 4)
+    }
+    if !self.peerState.isEmpty {
+      try visitor.visitSingularStringField(value: self.peerState, fieldNumber: 5)
+    }
+    if self.peerHeardMsAgo != 0 {
+      try visitor.visitSingularUInt64Field(value: self.peerHeardMsAgo, fieldNumber: 6)
+    }
+    if self.peerConnected != false {
+      try visitor.visitSingularBoolField(value: self.peerConnected, fieldNumber: 7)
+    }
+    if !self.detail.isEmpty {
+      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairReport, rhs: ColoPairReport) -> Bool {
+    if lhs.pair != rhs.pair {return false}
+    if lhs.hostRole != rhs.hostRole {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.epoch != rhs.epoch {return false}
+    if lhs.peerState != rhs.peerState {return false}
+    if lhs.peerHeardMsAgo != rhs.peerHeardMsAgo {return false}
+    if lhs.peerConnected != rhs.peerConnected {return false}
+    if lhs.detail != rhs.detail {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HostStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}supervisor\0\u{1}daemons\0\u{1}pair\0")
+
+  fileprivate class _StorageClass {
+    var _supervisor: ColoDaemonStatus? = nil
+    var _daemons: [ColoDaemonReport] = []
+    var _pair: ColoPairReport? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _supervisor = source._supervisor
+      _daemons = source._daemons
+      _pair = source._pair
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._supervisor) }()
+        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._daemons) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._pair) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      try { if let v = _storage._supervisor {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+      } }()
+      if !_storage._daemons.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._daemons, fieldNumber: 2)
+      }
+      try { if let v = _storage._pair {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: ColoHostStatus, rhs: ColoHostStatus) -> Bool {
-    if lhs._supervisor != rhs._supervisor {return false}
-    if lhs.daemons != rhs.daemons {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._supervisor != rhs_storage._supervisor {return false}
+        if _storage._daemons != rhs_storage._daemons {return false}
+        if _storage._pair != rhs_storage._pair {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -1,0 +1,408 @@
+import ColoProtocol
+import ControlSocket
+import DurableFile
+import Glibc
+import Logging
+import PairConfiguration
+import PairStateMachine
+import PeerAuthentication
+import PeerLink
+import Synchronization
+import Witness
+
+/// What the pair's transitions do to the local daemons (the VM, the packet
+/// comparison, the disk, checkpoints). The supervisor decides when; the
+/// actuator does. Each call returns once the step is done or has failed.
+public protocol PairActuator: Sendable {
+    /// Brings the partner up to date (RAM migration and disk), in `role`.
+    func synchronize(as role: PairRole, session: PeerSession) -> Result<Void, SupervisionError>
+    func startLockstep(as role: PairRole)
+    func stopReplication()
+    /// The secondary becomes the primary: disk overlays committed, proxyd to
+    /// pass-through with gratuitous ARP, the VM runs on.
+    func takeOver()
+    /// The primary loses its secondary: held output released, runs alone.
+    func continueAlone()
+    /// Another host holds the pair: this VM must produce no more output.
+    func fence(reason: String)
+}
+
+/// Runs one host's side of a pair: the link to the peer supervisord, the
+/// heartbeat, failure detection, the witness, and the state machine whose
+/// actions it hands to the actuator.
+///
+/// Threads: the link thread connects (primary) or accepts (secondary), then
+/// receives heartbeats; the heartbeat thread sends one every interval; the
+/// watchdog thread declares the peer lost after `timeout` of silence. State
+/// changes are serialised by one lock and persisted before they act.
+public final class PairSupervisor: Sendable {
+    private struct Shared {
+        var machine: PairStateMachine
+        var session: PeerSession?
+        var lastHeard: ContinuousClock.Instant?
+        var peerState = PeerHostState()
+        var detail = ""
+        var heartbeatSequence: UInt64 = 0
+        var running = true
+    }
+
+    private let configuration: HostConfiguration
+    private let key: PeerKey
+    private let stateFile: String
+    private let actuator: any PairActuator
+    private let logger: Logger
+    private let listener: Int32?
+    private let shared: Mutex<Shared>
+    /// Serialises transitions, so actions of one event finish before the
+    /// next event is handled.
+    private let transitions = Mutex(())
+
+    public init(configuration: HostConfiguration, key: PeerKey, stateFile: String, actuator: any PairActuator,
+                logger: Logger) throws(SupervisionError) {
+        self.configuration = configuration
+        self.key = key
+        self.stateFile = stateFile
+        self.actuator = actuator
+        self.logger = logger
+        let machine = try Self.restore(from: stateFile, configuration: configuration)
+        self.shared = Mutex(Shared(machine: machine))
+        // Both roles listen: after a failover the survivor is the primary
+        // and a new secondary may dial it, whichever role each started in.
+        do {
+            listener = try TCPConnection.listen(on: configuration.pair.listen)
+        } catch {
+            throw .peer("cannot listen on \(configuration.pair.listen): \(error)")
+        }
+    }
+
+    deinit {
+        if let listener { close(listener) }
+    }
+
+    /// Starts the link, heartbeat and watchdog threads.
+    public func start() {
+        logger.info("pair supervision started", metadata: metadata(event: "pair_started"))
+        spawnThread(name: "pair-link") { [self] in linkLoop() }
+        spawnThread(name: "pair-heartbeat") { [self] in heartbeatLoop() }
+        spawnThread(name: "pair-watchdog") { [self] in watchdogLoop() }
+    }
+
+    /// Stops supervising: no more heartbeats, the link closed. The peer then
+    /// sees this host as lost, which is what stopping a host of a pair means.
+    public func stop() {
+        shared.withLock { $0.running = false }
+        dropSession()
+        if let listener { Glibc.shutdown(listener, Int32(SHUT_RDWR)) }
+        logger.info("pair supervision stopped", metadata: metadata(event: "pair_stopped"))
+    }
+
+    private var running: Bool { shared.withLock { $0.running } }
+
+    /// The pair as this host sees it, for `coloctl status`.
+    public func report() -> ColoPairReport {
+        shared.withLock { shared in
+            var report = ColoPairReport()
+            report.pair = configuration.pair.name
+            report.hostRole = shared.machine.role.rawValue
+            report.state = shared.machine.state.rawValue
+            report.epoch = shared.machine.epoch
+            report.peerConnected = shared.session != nil
+            report.peerState = shared.peerState.state
+            if let lastHeard = shared.lastHeard {
+                report.peerHeardMsAgo = UInt64(max(0, (ContinuousClock.now - lastHeard).milliseconds))
+            }
+            report.detail = shared.detail
+            return report
+        }
+    }
+
+    public var state: PairState { shared.withLock { $0.machine.state } }
+    public var role: PairRole { shared.withLock { $0.machine.role } }
+
+    /// Operator commands; each is refused (returns false) where the state
+    /// machine does not take it.
+    public func operatorFailover() -> Bool { handle(.operatorFailover) }
+    public func operatorResync() -> Bool { handle(.operatorResync) }
+    public func operatorFailback() -> Bool { handle(.operatorFailback) }
+
+    // MARK: - Events and actions
+
+    /// Feeds one event to the machine and carries out its actions in order.
+    @discardableResult
+    private func handle(_ event: PairStateMachine.Event) -> Bool {
+        transitions.withLock { _ in
+            let (before, actions) = shared.withLock { shared -> (PairState, [PairStateMachine.Action]) in
+                let before = shared.machine.state
+                return (before, shared.machine.handle(event))
+            }
+            guard !actions.isEmpty else {
+                logger.debug("event ignored", metadata: ["event": "pair_event_ignored", "input": "\(event)"])
+                return false
+            }
+            logger.notice("pair \(before.rawValue) -> \(state.rawValue)", metadata: metadata(event: "pair_transition")
+                .merging(["from": "\(before.rawValue)", "input": "\(event)"]) { $1 })
+            for action in actions { perform(action) }
+            return true
+        }
+    }
+
+    private func perform(_ action: PairStateMachine.Action) {
+        switch action {
+        case .persist:
+            persist()
+        case .startSync:
+            let (role, session) = shared.withLock { ($0.machine.role, $0.session) }
+            guard let session else {
+                spawnThread(name: "pair-sync") { [self] in handle(.syncFailed("no connection to the peer")) }
+                return
+            }
+            spawnThread(name: "pair-sync") { [self] in
+                switch actuator.synchronize(as: role, session: session) {
+                case .success: handle(.syncCompleted)
+                case .failure(let error): handle(.syncFailed("\(error)"))
+                }
+            }
+        case .startLockstep:
+            actuator.startLockstep(as: role)
+        case .stopReplication:
+            actuator.stopReplication()
+            dropSession()
+        case .claimFromWitness(let epoch, let reason):
+            logger.warning("claiming the pair", metadata: metadata(event: "pair_claim")
+                .merging(["claimed_epoch": "\(epoch)", "reason": "\(reason.rawValue)"]) { $1 })
+            spawnThread(name: "pair-claim") { [self] in claim(epoch: epoch) }
+        case .takeOver:
+            logger.notice("taking over as primary", metadata: metadata(event: "failover"))
+            actuator.takeOver()
+        case .continueAlone:
+            logger.notice("continuing alone", metadata: metadata(event: "secondary_lost"))
+            actuator.continueAlone()
+        case .fence(let reason):
+            shared.withLock { $0.detail = reason }
+            logger.critical("fenced: \(reason)", metadata: metadata(event: "fenced"))
+            actuator.fence(reason: reason)
+        case .swapRoles:
+            logger.notice("roles swapped", metadata: metadata(event: "failback"))
+        }
+    }
+
+    /// Asks the witness; without a witness configured, only the peer's
+    /// silence decides (DESIGN.md: then a cut link can make two primaries,
+    /// and the operator was told so by the configuration's lack of one).
+    private func claim(epoch: UInt64) {
+        guard let witness = configuration.pair.witness else {
+            handle(.witnessGranted(epoch: epoch))
+            return
+        }
+        var claim = WitnessClaim()
+        claim.pair = configuration.pair.name
+        claim.host = configuration.pair.host
+        claim.epoch = epoch
+        do {
+            let verdict = try WitnessClient.claim(claim, at: witness, key: key,
+                                                  timeout: max(configuration.heartbeat.timeout, .seconds(1)))
+            if verdict.granted {
+                handle(.witnessGranted(epoch: epoch))
+            } else {
+                handle(.witnessRefused("the witness gave epoch \(verdict.epoch) to \(verdict.holder): \(verdict.reason)"))
+            }
+        } catch {
+            handle(.witnessRefused("the witness could not be asked: \(error)"))
+        }
+    }
+
+    // MARK: - Threads
+
+    private func linkLoop() {
+        while running {
+            let state = shared.withLock { $0.machine.state }
+            if state == .fenced { return }
+            guard let session = connect(state: state) else {
+                usleep(200_000)
+                continue
+            }
+            let peerEpoch = session.peer.epoch
+            let accepted = shared.withLock { shared -> Bool in
+                guard shared.running else { return false }
+                shared.session = session
+                shared.lastHeard = .now
+                shared.peerState = session.peer
+                return true
+            }
+            guard accepted else {
+                session.shutdown()
+                return
+            }
+            logger.info("peer connected", metadata: metadata(event: "peer_connected")
+                .merging(["peer_host": "\(session.peer.host)", "peer_state": "\(session.peer.state)"]) { $1 })
+            if session.peer.state == PairState.waiting.rawValue && [.lockstep, .syncing, .resyncing].contains(state) {
+                // The peer restarted and lost its replica while we counted on it.
+                logger.error("peer came back without its replica", metadata: metadata(event: "peer_lost"))
+                handle(.peerLost)
+            } else {
+                handle(.peerConnected(peerEpoch: peerEpoch))
+            }
+            receive(on: session)
+            dropSession(session)
+        }
+    }
+
+    /// The primary dials (alone after a failover too: that is how a new
+    /// partner is found); the secondary accepts.
+    private func connect(state: PairState) -> PeerSession? {
+        let local = hostState()
+        let dial = local.role == PairRole.primary.rawValue
+        do {
+            let fd: Int32
+            if dial {
+                fd = try TCPConnection.connect(to: configuration.pair.peer, timeout: .seconds(1))
+            } else {
+                fd = try TCPConnection.accept(from: listener!, timeout: .milliseconds(500))
+            }
+            return try PeerSession.establish(fd: fd, role: dial ? .initiator : .responder,
+                                             pair: configuration.pair.name, local: local, key: key,
+                                             timeout: .seconds(2))
+        } catch {
+            if case FrameError.timedOut = error { return nil }
+            logger.debug("no peer session", metadata: ["event": "peer_connect_failed", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    private func receive(on session: PeerSession) {
+        while true {
+            let message: PeerMessage?
+            do {
+                message = try session.receive(timeout: nil)
+            } catch {
+                logger.warning("peer link failed", metadata: metadata(event: "peer_link_failed")
+                    .merging(["error": "\(error)"]) { $1 })
+                return
+            }
+            guard let message else {
+                logger.warning("peer closed the link", metadata: metadata(event: "peer_link_closed"))
+                return
+            }
+            if case .heartbeat(let heartbeat) = message.body {
+                shared.withLock { shared in
+                    guard shared.session === session else { return }
+                    shared.lastHeard = .now
+                    shared.peerState = heartbeat.host
+                }
+            }
+        }
+    }
+
+    private func heartbeatLoop() {
+        let interval = configuration.heartbeat.interval
+        while running {
+            usleep(UInt32(clamping: interval.microseconds))
+            let (session, sequence) = shared.withLock { shared -> (PeerSession?, UInt64) in
+                shared.heartbeatSequence += 1
+                return (shared.session, shared.heartbeatSequence)
+            }
+            guard let session else { continue }
+            var heartbeat = PeerHeartbeat()
+            heartbeat.sequence = sequence
+            heartbeat.host = hostState()
+            var message = PeerMessage()
+            message.heartbeat = heartbeat
+            // A failed send is the receiver's and the watchdog's business.
+            try? session.send(message, timeout: interval)
+        }
+    }
+
+    /// Declares the peer lost after `timeout` without a heartbeat, in the
+    /// states where the pair depends on it.
+    private func watchdogLoop() {
+        let timeout = configuration.heartbeat.timeout
+        let tick = max(configuration.heartbeat.interval / 4, .milliseconds(5))
+        while running {
+            usleep(UInt32(clamping: tick.microseconds))
+            let silent = shared.withLock { shared -> Bool in
+                guard [.lockstep, .syncing, .resyncing].contains(shared.machine.state),
+                      let lastHeard = shared.lastHeard else { return false }
+                return ContinuousClock.now - lastHeard > timeout
+            }
+            if silent {
+                logger.error("peer silent for \(timeout)", metadata: metadata(event: "peer_lost"))
+                handle(.peerLost)
+            }
+        }
+    }
+
+    private func dropSession(_ expected: PeerSession? = nil) {
+        let session = shared.withLock { shared -> PeerSession? in
+            guard expected == nil || shared.session === expected else { return nil }
+            // lastHeard stays: a closed link is silence, and the watchdog
+            // counts it from the last heartbeat, as for a quiet one.
+            defer { shared.session = nil }
+            return shared.session
+        }
+        session?.shutdown()
+    }
+
+    private func hostState() -> PeerHostState {
+        shared.withLock { shared in
+            var host = PeerHostState()
+            host.host = configuration.pair.host
+            host.role = shared.machine.role.rawValue
+            host.state = shared.machine.state.rawValue
+            host.epoch = shared.machine.epoch
+            return host
+        }
+    }
+
+    private func metadata(event: String) -> Logger.Metadata {
+        let (role, state, epoch) = shared.withLock { ($0.machine.role, $0.machine.state, $0.machine.epoch) }
+        return ["event": "\(event)", "role": "\(role.rawValue)", "pair_state": "\(state.rawValue)",
+                "epoch": "\(epoch)", "pair": "\(configuration.pair.name)"]
+    }
+
+    // MARK: - Persistence
+
+    /// `role=primary state=alone epoch=3`: the role and epoch always survive
+    /// a restart; so do the states that outlive the peer (alone, fenced).
+    private func persist() {
+        let line = shared.withLock { shared in
+            "role=\(shared.machine.role.rawValue) state=\(shared.machine.state.rawValue) epoch=\(shared.machine.epoch)\n"
+        }
+        do {
+            try DurableFile.write(line, to: stateFile)
+        } catch {
+            logger.error("pair state not persisted: \(error)", metadata: ["event": "persist_failed"])
+        }
+    }
+
+    static func restore(from stateFile: String, configuration: HostConfiguration)
+        throws(SupervisionError) -> PairStateMachine {
+        let initialRole: PairRole = configuration.pair.role == .primary ? .primary : .secondary
+        let text: String?
+        do { text = try DurableFile.read(stateFile, maxBytes: 4096) } catch { throw .state(error.description) }
+        guard let text else { return PairStateMachine(role: initialRole) }
+        var fields: [String: String] = [:]
+        for word in text.split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+            let parts = word.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2 else { throw .state("\(stateFile): malformed '\(word)'") }
+            fields[String(parts[0])] = String(parts[1])
+        }
+        guard let role = fields["role"].flatMap(PairRole.init(rawValue:)),
+              let state = fields["state"].flatMap(PairState.init(rawValue:)),
+              let epoch = fields["epoch"].flatMap(UInt64.init) else {
+            throw .state("\(stateFile): expected 'role=... state=... epoch=...'")
+        }
+        return PairStateMachine(restoring: role, state: state, epoch: epoch)
+    }
+}
+
+extension Duration {
+    var milliseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
+    }
+
+    var microseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
+    }
+}
