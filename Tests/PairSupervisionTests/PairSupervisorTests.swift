@@ -61,7 +61,7 @@ final class PairSupervisorTests: XCTestCase {
     }
 
     private func startWitness() throws -> UInt16 {
-        let port = UInt16.random(in: 20000...60000)
+        let port = TestPorts.next()
         let listener = try TCPConnection.listen(on: SocketAddress(host: IPAddress("127.0.0.1")!, port: port))
         let service = try WitnessService(listener: listener, key: try PeerKey(bytes: Array(keyText.utf8)),
                                          stateFile: nil, logger: Logger(label: "witness"))
@@ -87,8 +87,8 @@ final class PairSupervisorTests: XCTestCase {
     }
 
     private func ports() -> (UInt16, UInt16) {
-        let base = UInt16.random(in: 20000...60000)
-        return (base, base &+ 1)
+        let base = TestPorts.next()
+        return (base, base + 1)
     }
 
     func testPrimaryLossMakesTheSecondaryTakeOverWithinTheTimeout() throws {
@@ -195,7 +195,7 @@ final class LinkRelay: @unchecked Sendable {
 
     init(forwardingTo target: UInt16) throws {
         self.target = target
-        port = UInt16.random(in: 20000...60000)
+        port = TestPorts.next()
         listener = try TCPConnection.listen(on: SocketAddress(host: IPAddress("127.0.0.1")!, port: port))
         Thread.detachNewThread { [self] in
             while let client = try? TCPConnection.accept(from: listener, timeout: nil) {
@@ -222,6 +222,20 @@ final class LinkRelay: @unchecked Sendable {
                 _ = buffer.withUnsafeBytes { send(destination, $0.baseAddress, count, Int32(MSG_NOSIGNAL)) }
             }
             shutdown(destination, Int32(SHUT_WR))
+        }
+    }
+}
+
+/// Distinct loopback ports for every listener of this test process (random
+/// ports could collide with a listener an earlier test left running).
+enum TestPorts {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var port = UInt16.random(in: 20000...50000)
+
+    static func next() -> UInt16 {
+        lock.withLock {
+            port += 2
+            return port
         }
     }
 }
