@@ -152,30 +152,20 @@ public struct SeqpacketSocket: Sendable {
         let controlLength = fds.isEmpty ? 0 : colo_cmsg_space(fds.count * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: controlLength)
         var bytes = bytes
-        let sent: Int = bytes.withUnsafeMutableBytes { payload in
-            control.withUnsafeMutableBytes { controlBuffer in
-                var vector = iovec(iov_base: payload.baseAddress, iov_len: payload.count)
-                return withUnsafeMutablePointer(to: &vector) { vectorPointer in
-                    var message = msghdr()
-                    message.msg_iov = vectorPointer
-                    message.msg_iovlen = 1
-                    if !fds.isEmpty {
-                        message.msg_control = controlBuffer.baseAddress
-                        message.msg_controllen = controlLength
-                        let header = colo_cmsg_firsthdr(&message)!
-                        header.pointee.cmsg_level = SOL_SOCKET
-                        header.pointee.cmsg_type = Int32(SCM_RIGHTS)
-                        header.pointee.cmsg_len = colo_cmsg_len(fds.count * MemoryLayout<Int32>.size)
-                        let data = UnsafeMutableRawPointer(colo_cmsg_data(header)!)
-                        for (index, descriptor) in fds.enumerated() {
-                            data.storeBytes(of: descriptor.rawValue, toByteOffset: index * 4, as: Int32.self)
-                        }
-                    }
-                    while true {
-                        let result = sendmsg(fd.rawValue, &message, Int32(MSG_NOSIGNAL))
-                        if result >= 0 || errno != EINTR { return result }
-                    }
+        let sent = Self.withMessageHeader(payload: &bytes, control: &control) { message in
+            if !fds.isEmpty {
+                let header = colo_cmsg_firsthdr(&message)!
+                header.pointee.cmsg_level = SOL_SOCKET
+                header.pointee.cmsg_type = Int32(SCM_RIGHTS)
+                header.pointee.cmsg_len = colo_cmsg_len(fds.count * MemoryLayout<Int32>.size)
+                let data = UnsafeMutableRawPointer(colo_cmsg_data(header)!)
+                for (index, descriptor) in fds.enumerated() {
+                    data.storeBytes(of: descriptor.rawValue, toByteOffset: index * 4, as: Int32.self)
                 }
+            }
+            while true {
+                let result = sendmsg(fd.rawValue, &message, Int32(MSG_NOSIGNAL))
+                if result >= 0 || errno != EINTR { return result }
             }
         }
         guard sent >= 0 else {
@@ -196,36 +186,26 @@ public struct SeqpacketSocket: Sendable {
         var control = [UInt8](repeating: 0, count: controlLength)
         var flags: Int32 = 0
         var fds: [FileDescriptor] = []
-        let received: Int = buffer.withUnsafeMutableBytes { payload in
-            control.withUnsafeMutableBytes { controlBuffer in
-                var vector = iovec(iov_base: payload.baseAddress, iov_len: payload.count)
-                return withUnsafeMutablePointer(to: &vector) { vectorPointer in
-                    var message = msghdr()
-                    message.msg_iov = vectorPointer
-                    message.msg_iovlen = 1
-                    message.msg_control = controlBuffer.baseAddress
-                    message.msg_controllen = controlLength
-                    var result: Int
-                    repeat {
-                        result = recvmsg(fd.rawValue, &message, Int32(MSG_CMSG_CLOEXEC))
-                    } while result < 0 && errno == EINTR
-                    guard result >= 0 else { return result }
-                    flags = message.msg_flags
-                    var header = colo_cmsg_firsthdr(&message)
-                    while let current = header {
-                        if current.pointee.cmsg_level == SOL_SOCKET && current.pointee.cmsg_type == Int32(SCM_RIGHTS) {
-                            let payloadLength = Int(current.pointee.cmsg_len) - colo_cmsg_len(0)
-                            let data = UnsafeRawPointer(colo_cmsg_data(current)!)
-                            for index in 0..<(payloadLength / MemoryLayout<Int32>.size) {
-                                let raw = data.loadUnaligned(fromByteOffset: index * 4, as: Int32.self)
-                                fds.append(FileDescriptor(rawValue: raw))
-                            }
-                        }
-                        header = colo_cmsg_nxthdr(&message, current)
+        let received = Self.withMessageHeader(payload: &buffer, control: &control) { message in
+            var result: Int
+            repeat {
+                result = recvmsg(fd.rawValue, &message, Int32(MSG_CMSG_CLOEXEC))
+            } while result < 0 && errno == EINTR
+            guard result >= 0 else { return result }
+            flags = message.msg_flags
+            var header = colo_cmsg_firsthdr(&message)
+            while let current = header {
+                if current.pointee.cmsg_level == SOL_SOCKET && current.pointee.cmsg_type == Int32(SCM_RIGHTS) {
+                    let payloadLength = Int(current.pointee.cmsg_len) - colo_cmsg_len(0)
+                    let data = UnsafeRawPointer(colo_cmsg_data(current)!)
+                    for index in 0..<(payloadLength / MemoryLayout<Int32>.size) {
+                        let raw = data.loadUnaligned(fromByteOffset: index * 4, as: Int32.self)
+                        fds.append(FileDescriptor(rawValue: raw))
                     }
-                    return result
                 }
+                header = colo_cmsg_nxthdr(&message, current)
             }
+            return result
         }
         guard received >= 0 else {
             let error = Errno(rawValue: errno)
@@ -258,6 +238,28 @@ public struct SeqpacketSocket: Sendable {
     }
 
     public enum Readiness: Sendable { case readable, wakeup, timedOut }
+
+    /// Runs `body` with a msghdr whose one iovec covers `payload` and whose
+    /// control buffer is `control` (none when empty).
+    private static func withMessageHeader(payload: inout [UInt8], control: inout [UInt8],
+                                          _ body: (inout msghdr) -> Int) -> Int {
+        let controlLength = control.count
+        return payload.withUnsafeMutableBytes { payloadBuffer in
+            control.withUnsafeMutableBytes { controlBuffer in
+                var vector = iovec(iov_base: payloadBuffer.baseAddress, iov_len: payloadBuffer.count)
+                return withUnsafeMutablePointer(to: &vector) { vectorPointer in
+                    var message = msghdr()
+                    message.msg_iov = vectorPointer
+                    message.msg_iovlen = 1
+                    if controlLength > 0 {
+                        message.msg_control = controlBuffer.baseAddress
+                        message.msg_controllen = controlLength
+                    }
+                    return body(&message)
+                }
+            }
+        }
+    }
 
     public func close() {
         _ = try? fd.close()
