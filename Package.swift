@@ -82,6 +82,22 @@ let package = Package(
             "PeerAuthentication", "PeerLink", "Witness",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The disk abstraction every block layer implements and serves.
+        .target(name: "BlockDevice"),
+        // The NBD protocol: server and client (fixed newstyle, structured replies).
+        .target(name: "NBD", dependencies: [
+            "BlockDevice", "ControlSocket", "CSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Sparse raw base images and the active/hidden overlay format.
+        .target(name: "BlockImages", dependencies: ["BlockDevice", "CSupport"]),
+        // COLO disk replication: primary (replicated writes, resync mirror),
+        // secondary (copy-before-write, active/hidden view, checkpoint,
+        // crash-safe failover commit).
+        .target(name: "BlockReplication", dependencies: [
+            "BlockDevice", "BlockImages", "NBD", "ControlSocket",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -127,6 +143,9 @@ let package = Package(
                                                          "PairConfiguration"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockDevice", "BlockImages"]),
+        .testTarget(name: "BlockImagesTests", dependencies: ["BlockImages", "BlockDevice"]),
+        .testTarget(name: "BlockReplicationTests", dependencies: ["BlockReplication", "BlockImages", "BlockDevice", "NBD"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -71,3 +71,10 @@ long colo_syscall3(long number, long a, long b, long c) { return syscall(number,
 void colo_set_thread_name(const char *name) { pthread_setname_np(pthread_self(), name); }
 
 int colo_accept_cloexec(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC); }
+
+int colo_punch_hole(int fd, off_t offset, off_t length) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+}
+
+off_t colo_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
+off_t colo_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }

@@ -72,4 +72,15 @@ void colo_set_thread_name(const char *name);
 /// atomically, so no child a daemon spawns inherits a control connection.
 int colo_accept_cloexec(int socket);
 
+/// fallocate and its FALLOC_FL_* flags are only declared under _GNU_SOURCE.
+/// Deallocates [offset, offset + length) of a file, keeping its size: the
+/// range reads as zeros afterwards. Returns 0 or -1 with errno set.
+int colo_punch_hole(int fd, off_t offset, off_t length);
+
+/// SEEK_DATA and SEEK_HOLE are _GNU_SOURCE macros. The next offset at or
+/// after `offset` that holds data (or is a hole); -1 with errno ENXIO past
+/// the last data.
+off_t colo_seek_data(int fd, off_t offset);
+off_t colo_seek_hole(int fd, off_t offset);
+
 #endif
