@@ -98,6 +98,13 @@ let package = Package(
             "BlockDevice", "BlockImages", "NBD", "ControlSocket",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // blockd's side of vmmd's virtio-blk data path (block.proto).
+        .target(name: "GuestBlockService", dependencies: [
+            "BlockDevice", "ColoProtocol", "ControlSocket", "CSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -109,7 +116,12 @@ let package = Package(
         .executableTarget(name: "vmmd", dependencies: ["DaemonRuntime"]),
         .executableTarget(name: "checkpointd", dependencies: ["DaemonRuntime"]),
         .executableTarget(name: "proxyd", dependencies: ["DaemonRuntime"]),
-        .executableTarget(name: "blockd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "blockd", dependencies: [
+            "DaemonRuntime", "BlockDevice", "BlockImages", "BlockReplication", "GuestBlockService", "NBD",
+            "PeerAuthentication", "ColoProtocol", "ControlSocket",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .executableTarget(name: "supervisord", dependencies: ["DaemonRuntime"]),
         .executableTarget(name: "coloctl", dependencies: [
             "ColoProtocol", "ControlSocket",

@@ -19,6 +19,8 @@ public final class SecondaryDisk: Sendable {
     public let active: OverlayImage
     public let hidden: OverlayImage
     let lock = Lock()
+    /// Set at failover: the old primary's writes are refused from then on.
+    private nonisolated(unsafe) var fenced = false
     static let sector = OverlayImage.sectorSize
 
     /// What the primary's NBD link writes to.
@@ -43,11 +45,22 @@ public final class SecondaryDisk: Sendable {
         try lock.withLock { () throws(BlockError) in try body() }
     }
 
+    /// Refuses every later write from the primary (failover has begun:
+    /// the old primary must not change the disk being committed).
+    public func fence() {
+        lock.withLock { fenced = true }
+    }
+
+    func checkNotFenced() throws(BlockError) {
+        if fenced { throw .unavailable("this disk failed over: the primary's writes are refused") }
+    }
+
     /// Empties active and hidden: the secondary guest's view becomes the
     /// secondary disk, which holds everything the primary wrote. Waits for
     /// operations in progress.
     public func checkpoint() throws(BlockError) {
         try locked { () throws(BlockError) in
+            try checkNotFenced()
             try hidden.empty()
             try active.empty()
         }
@@ -140,6 +153,7 @@ final class PrimaryWriteDevice: BlockDevice {
     func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
         try checkRange(offset, UInt64(data.count))
         try disk.locked { () throws(BlockError) in
+            try disk.checkNotFenced()
             try disk.copyBeforeWrite(SecondaryDisk.sectors(offset: offset, length: UInt64(data.count)))
             try disk.secondary.write(data, at: offset, fua: fua)
         }
@@ -156,6 +170,7 @@ final class PrimaryWriteDevice: BlockDevice {
     func writeZeroes(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockError) {
         try checkRange(offset, length)
         try disk.locked { () throws(BlockError) in
+            try disk.checkNotFenced()
             try disk.copyBeforeWrite(SecondaryDisk.sectors(offset: offset, length: length))
             try disk.secondary.writeZeroes(at: offset, length: length, fua: fua)
         }

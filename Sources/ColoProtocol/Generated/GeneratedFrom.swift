@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "453ae8f32f4919977f9251fbae15f2873017639739aa782ecccf322ffaefb4b7"
+package let generatedFromProtoSourcesSHA256 = "efaaaa4fae12e143227457d25d19f7fbe8e31be2818837d04ffa7c5be63613a4"

@@ -65,6 +65,62 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .sandboxProbe(newValue)}
   }
 
+  public var blockdOpenDisk: ColoBlockdOpenDiskRequest {
+    get {
+      if case .blockdOpenDisk(let v)? = body {return v}
+      return ColoBlockdOpenDiskRequest()
+    }
+    set {body = .blockdOpenDisk(newValue)}
+  }
+
+  public var blockdAttachGuest: ColoBlockdAttachGuestRequest {
+    get {
+      if case .blockdAttachGuest(let v)? = body {return v}
+      return ColoBlockdAttachGuestRequest()
+    }
+    set {body = .blockdAttachGuest(newValue)}
+  }
+
+  public var blockdAttachLink: ColoBlockdAttachLinkRequest {
+    get {
+      if case .blockdAttachLink(let v)? = body {return v}
+      return ColoBlockdAttachLinkRequest()
+    }
+    set {body = .blockdAttachLink(newValue)}
+  }
+
+  public var blockdCheckpoint: ColoBlockdCheckpointRequest {
+    get {
+      if case .blockdCheckpoint(let v)? = body {return v}
+      return ColoBlockdCheckpointRequest()
+    }
+    set {body = .blockdCheckpoint(newValue)}
+  }
+
+  public var blockdFailover: ColoBlockdFailoverRequest {
+    get {
+      if case .blockdFailover(let v)? = body {return v}
+      return ColoBlockdFailoverRequest()
+    }
+    set {body = .blockdFailover(newValue)}
+  }
+
+  public var blockdServeNbd: ColoBlockdServeNbdRequest {
+    get {
+      if case .blockdServeNbd(let v)? = body {return v}
+      return ColoBlockdServeNbdRequest()
+    }
+    set {body = .blockdServeNbd(newValue)}
+  }
+
+  public var blockdStatus: ColoBlockdStatusRequest {
+    get {
+      if case .blockdStatus(let v)? = body {return v}
+      return ColoBlockdStatusRequest()
+    }
+    set {body = .blockdStatus(newValue)}
+  }
+
   public var hostStatus: ColoHostStatusRequest {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -78,6 +134,13 @@ public nonisolated struct ColoRequest: Sendable {
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case status(ColoStatusRequest)
     case sandboxProbe(ColoSandboxProbeRequest)
+    case blockdOpenDisk(ColoBlockdOpenDiskRequest)
+    case blockdAttachGuest(ColoBlockdAttachGuestRequest)
+    case blockdAttachLink(ColoBlockdAttachLinkRequest)
+    case blockdCheckpoint(ColoBlockdCheckpointRequest)
+    case blockdFailover(ColoBlockdFailoverRequest)
+    case blockdServeNbd(ColoBlockdServeNbdRequest)
+    case blockdStatus(ColoBlockdStatusRequest)
     case hostStatus(ColoHostStatusRequest)
 
   }
@@ -121,6 +184,22 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .sandboxProbe(newValue)}
   }
 
+  public var blockdDisk: ColoBlockdDiskInfo {
+    get {
+      if case .blockdDisk(let v)? = body {return v}
+      return ColoBlockdDiskInfo()
+    }
+    set {body = .blockdDisk(newValue)}
+  }
+
+  public var blockdStatus: ColoBlockdStatus {
+    get {
+      if case .blockdStatus(let v)? = body {return v}
+      return ColoBlockdStatus()
+    }
+    set {body = .blockdStatus(newValue)}
+  }
+
   public var hostStatus: ColoHostStatus {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -135,6 +214,8 @@ public nonisolated struct ColoResponse: Sendable {
     case error(ColoError)
     case status(ColoDaemonStatus)
     case sandboxProbe(ColoSandboxProbeReply)
+    case blockdDisk(ColoBlockdDiskInfo)
+    case blockdStatus(ColoBlockdStatus)
     case hostStatus(ColoHostStatus)
 
   }
@@ -148,7 +229,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}i\u{7}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}E\u{6}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -182,6 +263,97 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .sandboxProbe(v)
+        }
+      }()
+      case 400: try {
+        var v: ColoBlockdOpenDiskRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdOpenDisk(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdOpenDisk(v)
+        }
+      }()
+      case 401: try {
+        var v: ColoBlockdAttachGuestRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdAttachGuest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdAttachGuest(v)
+        }
+      }()
+      case 402: try {
+        var v: ColoBlockdAttachLinkRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdAttachLink(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdAttachLink(v)
+        }
+      }()
+      case 403: try {
+        var v: ColoBlockdCheckpointRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdCheckpoint(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdCheckpoint(v)
+        }
+      }()
+      case 404: try {
+        var v: ColoBlockdFailoverRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdFailover(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdFailover(v)
+        }
+      }()
+      case 405: try {
+        var v: ColoBlockdServeNbdRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdServeNbd(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdServeNbd(v)
+        }
+      }()
+      case 406: try {
+        var v: ColoBlockdStatusRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdStatus(v)
         }
       }()
       case 500: try {
@@ -222,6 +394,34 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .sandboxProbe(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
     }()
+    case .blockdOpenDisk?: try {
+      guard case .blockdOpenDisk(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 400)
+    }()
+    case .blockdAttachGuest?: try {
+      guard case .blockdAttachGuest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 401)
+    }()
+    case .blockdAttachLink?: try {
+      guard case .blockdAttachLink(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 402)
+    }()
+    case .blockdCheckpoint?: try {
+      guard case .blockdCheckpoint(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 403)
+    }()
+    case .blockdFailover?: try {
+      guard case .blockdFailover(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 404)
+    }()
+    case .blockdServeNbd?: try {
+      guard case .blockdServeNbd(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 405)
+    }()
+    case .blockdStatus?: try {
+      guard case .blockdStatus(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 406)
+    }()
     case .hostStatus?: try {
       guard case .hostStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 500)
@@ -242,7 +442,7 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}i\u{7}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}E\u{6}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -291,6 +491,32 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .sandboxProbe(v)
         }
       }()
+      case 400: try {
+        var v: ColoBlockdDiskInfo?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdDisk(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdDisk(v)
+        }
+      }()
+      case 406: try {
+        var v: ColoBlockdStatus?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdStatus(v)
+        }
+      }()
       case 500: try {
         var v: ColoHostStatus?
         var hadOneofValue = false
@@ -332,6 +558,14 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .sandboxProbe?: try {
       guard case .sandboxProbe(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .blockdDisk?: try {
+      guard case .blockdDisk(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 400)
+    }()
+    case .blockdStatus?: try {
+      guard case .blockdStatus(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 406)
     }()
     case .hostStatus?: try {
       guard case .hostStatus(let v)? = self.body else { preconditionFailure() }
