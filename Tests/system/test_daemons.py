@@ -125,7 +125,10 @@ def test_seccomp_filter_refuses_what_is_not_listed(host, daemon):
     reply = colo_proto.call(d.sock, colo_proto.request(3, sandbox_probe={}))
     assert reply.WhichOneof("body") == "sandbox_probe", reply
     outcomes = {o.syscall: o for o in reply.sandbox_probe.outcomes}
-    assert {"openat", "socket", "execve", "ptrace"} <= set(outcomes)
+    # blockd opens the disk images its requests name, so its allowlist
+    # admits openat and the probe does not try it there.
+    expected = {"socket", "execve", "ptrace"} | (set() if daemon == "blockd" else {"openat"})
+    assert expected <= set(outcomes)
     for name, outcome in outcomes.items():
         assert outcome.refused and outcome.error_number == 1, f"{daemon}: {name} was not refused: {outcome}"
     # Still serving under the filter.
@@ -138,7 +141,8 @@ def test_without_the_sandbox_the_probe_sees_the_calls_succeed():
     try:
         reply = colo_proto.call(h.daemons["blockd"].sock, colo_proto.request(3, sandbox_probe={}))
         outcomes = {o.syscall: o for o in reply.sandbox_probe.outcomes}
-        assert not outcomes["openat"].refused and not outcomes["socket"].refused
+        assert all(not outcomes[name].refused for name in ("openat", "socket") if name in outcomes)
+        assert "socket" in outcomes
         assert not outcomes["execve"].refused and outcomes["execve"].error_number != 1
         assert h.daemons["blockd"].proc_status()["Seccomp"] == "0"
     finally:
