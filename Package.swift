@@ -105,6 +105,39 @@ let package = Package(
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // KVM's ioctl request numbers and kvm_run accessors.
+        .target(name: "CKVM"),
+        // KVM as typed Swift: /dev/kvm, VM and vCPU fds, registers.
+        .target(name: "KVM", dependencies: [
+            "CKVM",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // Guest RAM: the sealed memfd, bounds-checked access, device dirty log.
+        .target(name: "GuestMemory", dependencies: [
+            "CSupport", "SharedMemory",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // Kernel loaders: multiboot (ELF or address fields) and Linux bzImage.
+        .target(name: "Loaders", dependencies: [
+            "GuestMemory",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // Framing of the vmmd <-> block service data path (block.proto).
+        .target(name: "BlockProtocol", dependencies: [
+            "ColoProtocol", "ControlSocket",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // Device models: port bus, serial, PCI, virtio (net, blk), power.
+        .target(name: "Devices", dependencies: [
+            "CSupport", "GuestMemory", "BlockProtocol", "ColoProtocol", "ControlSocket",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // A VM: KVM set-up, vCPU threads, the PC platform's devices.
+        .target(name: "VirtualMachine", dependencies: [
+            "KVM", "GuestMemory", "Loaders", "Devices", "BlockProtocol", "ColoProtocol", "ControlSocket",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -113,7 +146,10 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
 
-        .executableTarget(name: "vmmd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "vmmd", dependencies: [
+            "DaemonRuntime", "VirtualMachine", "KVM", "Devices", "CSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .executableTarget(name: "checkpointd", dependencies: ["DaemonRuntime"]),
         .executableTarget(name: "proxyd", dependencies: ["DaemonRuntime"]),
         .executableTarget(name: "blockd", dependencies: [
@@ -158,6 +194,12 @@ let package = Package(
         .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockDevice", "BlockImages"]),
         .testTarget(name: "BlockImagesTests", dependencies: ["BlockImages", "BlockDevice"]),
         .testTarget(name: "BlockReplicationTests", dependencies: ["BlockReplication", "BlockImages", "BlockDevice", "NBD"]),
+        .testTarget(name: "KVMTests", dependencies: ["KVM"]),
+        .testTarget(name: "LoadersTests", dependencies: ["Loaders", "GuestMemory"]),
+        .testTarget(name: "DevicesTests", dependencies: [
+            "Devices", "GuestMemory", "BlockProtocol", "ColoProtocol", "ControlSocket",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,12 +3,14 @@
 
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <errno.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <stdatomic.h>
 
 size_t colo_cmsg_space(size_t length) { return CMSG_SPACE(length); }
 
@@ -78,3 +80,23 @@ int colo_punch_hole(int fd, off_t offset, off_t length) {
 
 off_t colo_seek_data(int fd, off_t offset) { return lseek(fd, offset, SEEK_DATA); }
 off_t colo_seek_hole(int fd, off_t offset) { return lseek(fd, offset, SEEK_HOLE); }
+
+uint16_t colo_load_acquire_u16(const void *address) {
+    return atomic_load_explicit((_Atomic uint16_t *)address, memory_order_acquire);
+}
+
+void colo_store_release_u16(void *address, uint16_t value) {
+    atomic_store_explicit((_Atomic uint16_t *)address, value, memory_order_release);
+}
+
+void colo_fence_seq_cst(void) { atomic_thread_fence(memory_order_seq_cst); }
+
+void colo_atomic_or_u64(uint64_t *word, uint64_t bits) {
+    atomic_fetch_or_explicit((_Atomic uint64_t *)word, bits, memory_order_relaxed);
+}
+
+uint64_t colo_atomic_exchange_u64(uint64_t *word, uint64_t value) {
+    return atomic_exchange_explicit((_Atomic uint64_t *)word, value, memory_order_acq_rel);
+}
+
+int colo_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }

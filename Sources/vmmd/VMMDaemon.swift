@@ -1,5 +1,6 @@
 import ArgumentParser
 import DaemonRuntime
+import KVM
 
 /// `vmmd`: Runs the protected VM: owns /dev/kvm, guest RAM (a memfd) and the device models.
 @main
@@ -11,9 +12,25 @@ struct VMMDaemon: ParsableCommand {
 
     @OptionGroup var options: DaemonOptions
 
+    @Option(help: "The KVM device to open at start (before the sandbox).")
+    var kvmDevice = "/dev/kvm"
+
+    enum NotifyPath: String, ExpressibleByArgument, CaseIterable {
+        /// KVM ioeventfds: a guest's queue notification wakes the device thread inside the kernel.
+        case eventfd
+        /// Each notification exits to the vCPU thread, which serves the queue itself.
+        case exit
+    }
+
+    @Option(help: "How virtqueue notifications reach the devices: eventfd or exit.")
+    var virtioNotify: NotifyPath = .eventfd
+
     func run() throws {
-        try DaemonHost.run(name: "vmmd", options: options, policy: seccompPolicy) { _ in
-            IdleService()
+        let kvmDevice = kvmDevice
+        let eventfds = virtioNotify == .eventfd
+        try DaemonHost.run(name: "vmmd", options: options, policy: seccompPolicy) { environment in
+            let kvm = try KVMDevice(path: kvmDevice)
+            return try VMMService(kvm: kvm, logger: environment.logger, notifyThroughEventFDs: eventfds)
         }
     }
 }

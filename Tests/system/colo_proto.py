@@ -33,6 +33,7 @@ def _generate() -> Path:
 sys.path.insert(0, str(_generate()))
 envelope = importlib.import_module("colo.control.envelope_pb2")
 common = importlib.import_module("colo.control.common_pb2")
+vmmd = importlib.import_module("colo.control.vmmd_pb2")
 block = importlib.import_module("colo.control.block_pb2")
 
 MAX_DATAGRAM = 64 * 1024

@@ -82,5 +82,21 @@ int colo_punch_hole(int fd, off_t offset, off_t length);
 /// the last data.
 off_t colo_seek_data(int fd, off_t offset);
 off_t colo_seek_hole(int fd, off_t offset);
+/// <sys/eventfd.h> is not in Swift's Glibc module. A non-blocking,
+/// close-on-exec eventfd (wake-ups, KVM ioeventfds), or -1 with errno set.
+int colo_eventfd(void);
+
+/// C11 atomics on memory shared with a guest (virtqueue indexes) or with
+/// other threads (dirty bitmaps): Swift has no atomic view of arbitrary
+/// raw memory. Acquire/release order ring entries against ring indexes.
+uint16_t colo_load_acquire_u16(const void *address);
+void colo_store_release_u16(void *address, uint16_t value);
+/// A full fence: a device's used-index store must be visible before it
+/// reads the driver's notification-suppression flags.
+void colo_fence_seq_cst(void);
+/// Sets bits in a bitmap word shared between threads.
+void colo_atomic_or_u64(uint64_t *word, uint64_t bits);
+/// Reads and clears a bitmap word shared between threads.
+uint64_t colo_atomic_exchange_u64(uint64_t *word, uint64_t value);
 
 #endif

@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "efaaaa4fae12e143227457d25d19f7fbe8e31be2818837d04ffa7c5be63613a4"
+package let generatedFromProtoSourcesSHA256 = "6ca9f08cb8cbe3a759cba345f95f28c3b9451e4fe460f247d607e868551056b8"

@@ -65,6 +65,38 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .sandboxProbe(newValue)}
   }
 
+  public var vmCreate: ColoVmCreateRequest {
+    get {
+      if case .vmCreate(let v)? = body {return v}
+      return ColoVmCreateRequest()
+    }
+    set {body = .vmCreate(newValue)}
+  }
+
+  public var vmStop: ColoVmStopRequest {
+    get {
+      if case .vmStop(let v)? = body {return v}
+      return ColoVmStopRequest()
+    }
+    set {body = .vmStop(newValue)}
+  }
+
+  public var vmStatus: ColoVmStatusRequest {
+    get {
+      if case .vmStatus(let v)? = body {return v}
+      return ColoVmStatusRequest()
+    }
+    set {body = .vmStatus(newValue)}
+  }
+
+  public var consoleAttach: ColoConsoleAttachRequest {
+    get {
+      if case .consoleAttach(let v)? = body {return v}
+      return ColoConsoleAttachRequest()
+    }
+    set {body = .consoleAttach(newValue)}
+  }
+
   public var blockdOpenDisk: ColoBlockdOpenDiskRequest {
     get {
       if case .blockdOpenDisk(let v)? = body {return v}
@@ -134,6 +166,10 @@ public nonisolated struct ColoRequest: Sendable {
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case status(ColoStatusRequest)
     case sandboxProbe(ColoSandboxProbeRequest)
+    case vmCreate(ColoVmCreateRequest)
+    case vmStop(ColoVmStopRequest)
+    case vmStatus(ColoVmStatusRequest)
+    case consoleAttach(ColoConsoleAttachRequest)
     case blockdOpenDisk(ColoBlockdOpenDiskRequest)
     case blockdAttachGuest(ColoBlockdAttachGuestRequest)
     case blockdAttachLink(ColoBlockdAttachLinkRequest)
@@ -184,6 +220,22 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .sandboxProbe(newValue)}
   }
 
+  public var vmStatus: ColoVmStatus {
+    get {
+      if case .vmStatus(let v)? = body {return v}
+      return ColoVmStatus()
+    }
+    set {body = .vmStatus(newValue)}
+  }
+
+  public var consoleAttached: ColoConsoleAttached {
+    get {
+      if case .consoleAttached(let v)? = body {return v}
+      return ColoConsoleAttached()
+    }
+    set {body = .consoleAttached(newValue)}
+  }
+
   public var blockdDisk: ColoBlockdDiskInfo {
     get {
       if case .blockdDisk(let v)? = body {return v}
@@ -214,6 +266,8 @@ public nonisolated struct ColoResponse: Sendable {
     case error(ColoError)
     case status(ColoDaemonStatus)
     case sandboxProbe(ColoSandboxProbeReply)
+    case vmStatus(ColoVmStatus)
+    case consoleAttached(ColoConsoleAttached)
     case blockdDisk(ColoBlockdDiskInfo)
     case blockdStatus(ColoBlockdStatus)
     case hostStatus(ColoHostStatus)
@@ -229,7 +283,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}E\u{6}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}i\u{4}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -263,6 +317,58 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .sandboxProbe(v)
+        }
+      }()
+      case 100: try {
+        var v: ColoVmCreateRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmCreate(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmCreate(v)
+        }
+      }()
+      case 101: try {
+        var v: ColoVmStopRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmStop(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmStop(v)
+        }
+      }()
+      case 102: try {
+        var v: ColoVmStatusRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmStatus(v)
+        }
+      }()
+      case 103: try {
+        var v: ColoConsoleAttachRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .consoleAttach(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .consoleAttach(v)
         }
       }()
       case 400: try {
@@ -394,6 +500,22 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .sandboxProbe(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
     }()
+    case .vmCreate?: try {
+      guard case .vmCreate(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 100)
+    }()
+    case .vmStop?: try {
+      guard case .vmStop(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 101)
+    }()
+    case .vmStatus?: try {
+      guard case .vmStatus(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 102)
+    }()
+    case .consoleAttach?: try {
+      guard case .consoleAttach(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 103)
+    }()
     case .blockdOpenDisk?: try {
       guard case .blockdOpenDisk(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 400)
@@ -442,7 +564,7 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}E\u{6}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}k\u{4}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -489,6 +611,32 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .sandboxProbe(v)
+        }
+      }()
+      case 100: try {
+        var v: ColoVmStatus?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmStatus(v)
+        }
+      }()
+      case 101: try {
+        var v: ColoConsoleAttached?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .consoleAttached(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .consoleAttached(v)
         }
       }()
       case 400: try {
@@ -558,6 +706,14 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .sandboxProbe?: try {
       guard case .sandboxProbe(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+    }()
+    case .vmStatus?: try {
+      guard case .vmStatus(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 100)
+    }()
+    case .consoleAttached?: try {
+      guard case .consoleAttached(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 101)
     }()
     case .blockdDisk?: try {
       guard case .blockdDisk(let v)? = self.body else { preconditionFailure() }
