@@ -22,6 +22,9 @@ static struct virtq vq;
 static uint64_t capacity;
 /* One request at a time: header, data and status in one page of DMA memory. */
 static struct { struct blk_req_hdr hdr; uint8_t status; uint8_t pad[7]; uint8_t data[512]; } *io;
+/* The disk benchmark's buffer (BENCH_MAX_KIB, contiguous: identity-mapped pages). */
+#define BENCH_MAX_KIB 64
+static uint8_t *bench_buf;
 
 int blk_init(void)
 {
@@ -31,6 +34,7 @@ int blk_init(void)
     virtio_pci_start(&dev, p, VIRTIO_BLK_F_FLUSH);
     virtio_pci_setup_queue(&dev, &vq, 0);
     io = alloc_pages(1);
+    bench_buf = alloc_pages(BENCH_MAX_KIB / 4);
     capacity = virtio_cfg32(&dev, 0) | (uint64_t)virtio_cfg32(&dev, 4) << 32;
     virtio_pci_ready(&dev);
     kprintf("COLO-GUEST BLK io=0x%x irq=%u sectors=%lu flush=%u\n", dev.io,
@@ -40,7 +44,8 @@ int blk_init(void)
 
 uint64_t blk_capacity(void) { return capacity; }
 
-static int submit(uint32_t type, uint64_t sector, int with_data, int data_writable)
+/* One request: data_len bytes at data (none when 0), device-writable for reads. */
+static int submit(uint32_t type, uint64_t sector, void *data, uint32_t data_len, int data_writable)
 {
     uint64_t addr[3];
     uint32_t len[3];
@@ -50,8 +55,8 @@ static int submit(uint32_t type, uint64_t sector, int with_data, int data_writab
     io->hdr.sector = sector;
     io->status = 0xFF;
     addr[n] = (uint64_t)&io->hdr; len[n] = sizeof io->hdr; wr[n++] = 0;
-    if (with_data) {
-        addr[n] = (uint64_t)io->data; len[n] = 512; wr[n++] = data_writable;
+    if (data_len) {
+        addr[n] = (uint64_t)data; len[n] = data_len; wr[n++] = data_writable;
     }
     addr[n] = (uint64_t)&io->status; len[n] = 1; wr[n++] = 1;
     if (virtq_add(&vq, addr, len, wr, n, io) < 0)
@@ -73,7 +78,7 @@ static int submit(uint32_t type, uint64_t sector, int with_data, int data_writab
 
 int blk_read(uint64_t sector, void *buf)
 {
-    if (sector >= capacity || submit(VIRTIO_BLK_T_IN, sector, 1, 1))
+    if (sector >= capacity || submit(VIRTIO_BLK_T_IN, sector, io->data, 512, 1))
         return -1;
     memcpy(buf, io->data, 512);
     return 0;
@@ -84,12 +89,40 @@ int blk_write(uint64_t sector, const void *buf)
     if (sector >= capacity)
         return -1;
     memcpy(io->data, buf, 512);
-    return submit(VIRTIO_BLK_T_OUT, sector, 1, 0);
+    return submit(VIRTIO_BLK_T_OUT, sector, io->data, 512, 0);
 }
 
 int blk_flush(void)
 {
     if (!(dev.features & VIRTIO_BLK_F_FLUSH))
         return 0;        /* no write cache to flush: writes are already stable */
-    return submit(VIRTIO_BLK_T_FLUSH, 0, 0, 0);
+    return submit(VIRTIO_BLK_T_FLUSH, 0, 0, 0, 0);
+}
+
+int blk_bench(int write, int random, uint32_t kib, uint32_t count, uint64_t *bytes)
+{
+    uint32_t sectors = kib * 2;
+    /* Sector 0 holds the request counter: the benchmark stays above 4 KiB. */
+    const uint64_t first = 8;
+    if (kib == 0 || kib > BENCH_MAX_KIB || kib % 4 || capacity < first + sectors)
+        return -1;
+    uint64_t span = (capacity - first) / sectors;         /* request-sized slots */
+    uint64_t slot = 0, seed = 0x9E3779B97F4A7C15ull;
+    if (write)
+        for (uint32_t i = 0; i < kib * 1024; i++)
+            bench_buf[i] = (uint8_t)(i * 31 + 7);
+    *bytes = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        if (random) {
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            slot = (seed >> 33) % span;
+        }
+        uint64_t sector = first + slot * sectors;
+        if (submit(write ? VIRTIO_BLK_T_OUT : VIRTIO_BLK_T_IN, sector, bench_buf, kib * 1024, !write))
+            return -1;
+        *bytes += kib * 1024;
+        if (!random)
+            slot = (slot + 1) % span;
+    }
+    return 0;
 }
