@@ -70,7 +70,7 @@ def workloads(a) -> dict[str, callable]:
 
 
 class VmmdRun:
-    notify = "eventfd"
+    notify = "exit"
 
     def __init__(self, ns, image):
         self.started = time.monotonic()
@@ -125,7 +125,7 @@ def main():
     ap.add_argument("--http", type=int, default=60)
     ap.add_argument("--random", type=int, default=500, help="random 4 KiB requests per direction")
     ap.add_argument("--disk-mib", type=int, default=64, help="image size; sequential passes move half of it")
-    ap.add_argument("--notify", choices=["eventfd", "exit"], default="eventfd",
+    ap.add_argument("--notify", choices=["exit", "eventfd"], default="exit",
                     help="vmmd's --virtio-notify (virtqueue notifications as ioeventfds or exits)")
     a = ap.parse_args()
     VmmdRun.notify = a.notify

@@ -35,6 +35,9 @@ public protocol VirtioDeviceModel: AnyObject, Sendable {
 /// take and return chains, see whether the driver has it running, fail.
 public struct VirtioDeviceAccess {
     let transport: VirtioPciTransport
+    /// True on a vCPU thread serving the guest's register access (the
+    /// guest waits); false on the device thread.
+    public let onVcpuThread: Bool
 
     public var memory: GuestMemory { transport.memory }
 

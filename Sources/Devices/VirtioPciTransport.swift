@@ -223,7 +223,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
             case (Register.queueSelect, 2):
                 state.queueSelect = UInt16(value)
             case (Register.queueNotify, 2):
-                notified(Int(value))
+                notified(Int(value), onVcpuThread: true)
             case (Register.status, 1):
                 setStatus(UInt8(value))
             default:
@@ -259,7 +259,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
         }
         // The device owns DEVICE_NEEDS_RESET; the driver cannot clear it.
         state.status = status | (state.status & Self.statusNeedsReset)
-        model.statusChanged(device: VirtioDeviceAccess(transport: self))
+        model.statusChanged(device: VirtioDeviceAccess(transport: self, onVcpuThread: true))
     }
 
     private func reset() {
@@ -268,11 +268,11 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
         updateLine()
     }
 
-    private func notified(_ queue: Int) {
+    private func notified(_ queue: Int, onVcpuThread: Bool) {
         guard queue < state.queues.count else { return }
         notificationsSeen[queue] += 1
         guard state.queues[queue].isReady, state.failure == nil else { return }
-        model.queueNotified(queue, device: VirtioDeviceAccess(transport: self))
+        model.queueNotified(queue, device: VirtioDeviceAccess(transport: self, onVcpuThread: onVcpuThread))
     }
 
     // MARK: Model services (lock held)
@@ -332,7 +332,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
 
     public func interests() -> [PollInterest] {
         lock.withLock {
-            var interests = model.backendInterests(device: VirtioDeviceAccess(transport: self))
+            var interests = model.backendInterests(device: VirtioDeviceAccess(transport: self, onVcpuThread: false))
             if notifyEventsAttached {
                 interests += notifyEvents.map { PollInterest(fd: $0, events: Int16(POLLIN)) }
             }
@@ -345,9 +345,9 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
             if let queue = notifyEvents.firstIndex(of: fd) {
                 var count: UInt64 = 0
                 _ = Glibc.read(fd.rawValue, &count, 8)
-                notified(queue)
+                notified(queue, onVcpuThread: false)
             } else {
-                model.backendReady(fd: fd, revents: revents, device: VirtioDeviceAccess(transport: self))
+                model.backendReady(fd: fd, revents: revents, device: VirtioDeviceAccess(transport: self, onVcpuThread: false))
             }
             finishOperation()
         }

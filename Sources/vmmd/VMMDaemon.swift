@@ -15,15 +15,20 @@ struct VMMDaemon: ParsableCommand {
     @Option(help: "The KVM device to open at start (before the sandbox).")
     var kvmDevice = "/dev/kvm"
 
+    /// How a guest's virtqueue notification reaches its device. Exits are
+    /// the default: the vCPU thread serves the queue itself (a frame is sent,
+    /// a block request is on its way) with no thread hop, which measured
+    /// faster here for a one-vCPU guest that waits for its I/O (see
+    /// docs/PERFORMANCE.md); ioeventfds pay off when vCPUs have other work.
     enum NotifyPath: String, ExpressibleByArgument, CaseIterable {
-        /// KVM ioeventfds: a guest's queue notification wakes the device thread inside the kernel.
+        /// KVM ioeventfds: the notification signals the device thread inside the kernel.
         case eventfd
         /// Each notification exits to the vCPU thread, which serves the queue itself.
         case exit
     }
 
-    @Option(help: "How virtqueue notifications reach the devices: eventfd or exit.")
-    var virtioNotify: NotifyPath = .eventfd
+    @Option(help: "How virtqueue notifications reach the devices: exit or eventfd.")
+    var virtioNotify: NotifyPath = .exit
 
     func run() throws {
         let kvmDevice = kvmDevice

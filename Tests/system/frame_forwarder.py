@@ -52,7 +52,10 @@ def forward(sock: socket.socket, tap: int) -> tuple[int, int, float]:
                     return frames_in, frames_out, busy
                 frames_in += 1
             else:
-                frame = sock.recv(65536)
+                try:
+                    frame = sock.recv(65536)
+                except ConnectionResetError:
+                    frame = b""
                 if not frame:
                     return frames_in, frames_out, busy
                 try:

@@ -273,3 +273,20 @@ def test_no_kvm_is_a_clear_start_failure(device, message):
         subprocess.run(["rm", "-rf", str(directory)])
     assert r.returncode == 1, r
     assert message in r.stderr, r.stderr
+
+
+def test_notifications_through_ioeventfds(client, disk):
+    """The other notification path (KVM ioeventfds served by the device
+    thread) runs the guest's network and disk just as well."""
+    with vmm.Vmmd(extra_args=("--virtio-notify", "eventfd")) as daemon, \
+            vmm.BlockBackend(disk) as backend, vmm.Forwarder(client) as forwarder:
+        reply = daemon.create(cmdline=f"ip={client.guest_ip}/24", net=forwarder.vmm_end, block=backend.vmm_end)
+        assert reply.WhichOneof("body") == "vm_status", reply
+        console = daemon.console()
+        console.wait_for(r"^COLO-GUEST READY ", timeout=60, alive=daemon.alive)
+        assert udp_request(client, 7, b"through an eventfd") == b"through an eventfd"
+        assert http_get(client) == (200, 1)
+        status = daemon.status()
+        assert status.net.notifications > 0 and status.block.notifications > 0, status
+        power_off(client, daemon, console)
+    assert disk_counter(disk) == 1
