@@ -70,8 +70,8 @@ final class ReplicationSemanticsTests: XCTestCase {
                 let range = Int(offset)..<(Int(offset) + length)
                 switch Int.random(in: 0..<10, using: &rng) {
                 case 0..<5:
-                    let data = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
-                    try pair.primary.write(data, at: offset, fua: Bool.random(using: &rng))
+                    let data = pattern(length, &rng)
+                    try pair.primary.write(data, at: offset, fua: Int.random(in: 0..<8, using: &rng) == 0)
                     primaryModel.replaceSubrange(range, with: data)
                 case 5:
                     try pair.primary.flush()
@@ -79,7 +79,7 @@ final class ReplicationSemanticsTests: XCTestCase {
                     try pair.primary.trim(at: offset, length: UInt64(length), fua: false)
                     primaryModel.replaceSubrange(range, with: repeatElement(0, count: length))
                 case 7..<9:
-                    let data = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                    let data = pattern(length, &rng)
                     try view.write(data, at: offset)
                     viewModel.replaceSubrange(range, with: data)
                 default:
@@ -150,7 +150,7 @@ final class ReplicationSemanticsTests: XCTestCase {
         while mirror.progress.phase != .replicating || writes < 200 {
             XCTAssertNotEqual(mirror.progress.phase, .failed, mirror.progress.error ?? "")
             let (offset, length) = randomRange(&rng)
-            try source.write((0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }, at: offset)
+            try source.write(pattern(length, &rng), at: offset)
             writes += 1
             if writes > 20_000 { return XCTFail("resync never converged: \(mirror.progress)") }
         }
@@ -159,4 +159,13 @@ final class ReplicationSemanticsTests: XCTestCase {
         XCTAssertEqual(try partnerImage.read(at: 0, count: Int(capacity)), try sourceImage.read(at: 0, count: Int(capacity)))
         XCTAssertGreaterThanOrEqual(mirror.progress.scannedBytes, capacity)
     }
+}
+
+/// Bytes that differ from write to write and within a write, made fast
+/// enough for debug builds (random bytes one at a time are not).
+func pattern(_ count: Int, _ rng: inout some RandomNumberGenerator) -> [UInt8] {
+    var words = (0..<(count + 7) / 8).map { UInt64($0) &* 0x9e37_79b9_7f4a_7c15 }
+    let seed = UInt64.random(in: 0...UInt64.max, using: &rng)
+    for index in words.indices { words[index] ^= seed }
+    return words.withUnsafeBytes { Array($0.prefix(count)) }
 }
