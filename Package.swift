@@ -171,7 +171,7 @@ let package = Package(
         ]),
         // Benchmarks, each beside a baseline measured in the same run.
         .executableTarget(name: "colobench", dependencies: [
-            "ColoProtocol", "ControlSocket", "SharedMemory",
+            "ColoProtocol", "ControlSocket", "SharedMemory", "BlockDevice", "BlockImages", "BlockReplication", "NBD",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

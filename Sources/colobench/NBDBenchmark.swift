@@ -1,0 +1,241 @@
+import ArgumentParser
+import BlockDevice
+import BlockImages
+import BlockReplication
+import ControlSocket
+import Glibc
+import Logging
+import NBD
+import Synchronization
+
+/// blockd's NBD server beside qemu-nbd and nbdkit serving the same file,
+/// all driven by the same client (blockd's NBD client) over Unix sockets in
+/// the same run; and the replicated write latency beside a local write
+/// plus a TCP loopback round trip.
+struct NBDBenchmark: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "nbd",
+        abstract: "NBD throughput and IOPS beside qemu-nbd and nbdkit; replicated write latency beside local + RTT.")
+
+    @Option(help: "Size of the test image in MiB.")
+    var sizeMiB = 256
+
+    @Option(help: "Seconds per throughput or IOPS figure.")
+    var seconds = 3.0
+
+    @Option(help: "Requests in flight for the random 4 KiB figures.")
+    var queueDepth = 8
+
+    func run() throws {
+        LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
+        let directory = "/tmp/colobench-nbd-\(getpid())"
+        mkdir(directory, 0o700)
+        var children: [pid_t] = []
+        defer {
+            children.forEach { kill($0, SIGKILL); var status: Int32 = 0; waitpid($0, &status, 0) }
+            _ = system("rm -rf \(directory)")
+        }
+        let size = UInt64(sizeMiB) << 20
+        let path = "\(directory)/disk.img"
+        let image = try RawImage(path: path, createSize: size)
+        let fill = [UInt8](repeating: 0xa5, count: 1 << 20)
+        for offset in stride(from: 0, to: size, by: 1 << 20) { try image.write(fill, at: offset) }
+
+        let server = NBDServer(logger: Logger(label: "bench"))
+        let catalog = NBDExportCatalog()
+        catalog.add(NBDExport(name: "disk", device: image), asDefault: true)
+        server.serve(listener: try listenUnix("\(directory)/blockd.sock"), catalog: catalog, name: "bench")
+        children.append(spawn(["/usr/bin/qemu-nbd", "--format=raw", "--export-name=disk", "--persistent",
+                               "--shared=16", "--socket=\(directory)/qemu.sock", path]))
+        children.append(spawn(["/usr/bin/nbdkit", "--foreground", "--unix", "\(directory)/nbdkit.sock", "file", path]))
+
+        print("image \(sizeMiB) MiB (page-cached raw file); client: blockd's NBD client over a Unix socket")
+        var results: [String: [Double]] = [:]
+        for (name, socketPath) in [("qemu-nbd", "qemu.sock"), ("nbdkit", "nbdkit.sock"), ("blockd", "blockd.sock")] {
+            let connect = { () throws -> NBDClient in try NBDClient.connect(fd: try self.connectUnix("\(directory)/\(socketPath)"), export: "disk") }
+            let read = try sequential(connect, write: false, size: size)
+            let write = try sequential(connect, write: true, size: size)
+            let readIOPS = try random(connect, write: false, size: size)
+            let writeIOPS = try random(connect, write: true, size: size)
+            results[name] = [read, write, readIOPS, writeIOPS]
+        }
+        let labels = ["sequential read, 1 MiB requests (MiB/s)", "sequential write, 1 MiB requests (MiB/s)",
+                      "random read 4 KiB, QD \(queueDepth) (IOPS)", "random write 4 KiB, QD \(queueDepth) (IOPS)"]
+        for (index, label) in labels.enumerated() {
+            let ours = results["blockd"]![index], qemu = results["qemu-nbd"]![index], kit = results["nbdkit"]![index]
+            print("\(label): blockd \(Int(ours))  qemu-nbd \(Int(qemu))  nbdkit \(Int(kit))"
+                  + "  ratio vs qemu-nbd \(format(ours / qemu))x  vs nbdkit \(format(ours / kit))x")
+        }
+        try replicatedLatency(directory: directory, size: size)
+    }
+
+    // MARK: Throughput
+
+    private func sequential(_ connect: () throws -> NBDClient, write: Bool, size: UInt64) throws -> Double {
+        let client = try connect()
+        defer { client.disconnect() }
+        let chunk = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0x5a)
+        let start = monotonicNanoseconds()
+        var bytes: UInt64 = 0
+        var offset: UInt64 = 0
+        // Four requests in flight, as a streaming copy keeps them.
+        var inFlight: [NBDPendingRequest] = []
+        while Double(monotonicNanoseconds() - start) < seconds * 1e9 {
+            if write {
+                inFlight.append(try client.submit(.write, offset: offset, length: UInt32(chunk), payload: UnsafeRawBufferPointer(buffer)))
+            } else {
+                inFlight.append(try client.submit(.read, offset: offset, length: UInt32(chunk), destination: buffer))
+            }
+            if inFlight.count == 4 { try client.wait(inFlight.removeFirst()) }
+            bytes += UInt64(chunk)
+            offset = (offset + UInt64(chunk)) % size
+        }
+        for pending in inFlight { try client.wait(pending) }
+        return Double(bytes) / 1_048_576 / (Double(monotonicNanoseconds() - start) / 1e9)
+    }
+
+    private func random(_ connect: () throws -> NBDClient, write: Bool, size: UInt64) throws -> Double {
+        let client = try connect()
+        defer { client.disconnect() }
+        let depth = queueDepth
+        let buffers = (0..<depth).map { _ in UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096) }
+        defer { buffers.forEach { $0.deallocate() } }
+        var rng = SystemRandomNumberGenerator()
+        var inFlight: [NBDPendingRequest?] = Array(repeating: nil, count: depth)
+        let start = monotonicNanoseconds()
+        var operations = 0
+        var slot = 0
+        while Double(monotonicNanoseconds() - start) < seconds * 1e9 {
+            if let pending = inFlight[slot] { try client.wait(pending) }
+            let offset = UInt64.random(in: 0..<(size / 4096), using: &rng) * 4096
+            inFlight[slot] = write
+                ? try client.submit(.write, offset: offset, length: 4096, payload: UnsafeRawBufferPointer(buffers[slot]))
+                : try client.submit(.read, offset: offset, length: 4096, destination: buffers[slot])
+            operations += 1
+            slot = (slot + 1) % depth
+        }
+        for pending in inFlight.compactMap({ $0 }) { try client.wait(pending) }
+        return Double(operations) / (Double(monotonicNanoseconds() - start) / 1e9)
+    }
+
+    // MARK: Replicated write latency
+
+    private func replicatedLatency(directory: String, size: UInt64) throws {
+        let iterations = 3000
+        let local = try RawImage(path: "\(directory)/primary.img", createSize: size)
+        let secondary = try SecondaryDisk(
+            secondary: try RawImage(path: "\(directory)/secondary.img", createSize: size),
+            active: try OverlayImage(path: "\(directory)/active.ovl", capacity: size),
+            hidden: try OverlayImage(path: "\(directory)/hidden.ovl", capacity: size))
+        let server = NBDServer(logger: Logger(label: "bench"))
+        let catalog = NBDExportCatalog()
+        catalog.add(NBDExport(name: "disk", device: secondary.primaryWrites))
+        let (near, far) = try tcpPair()
+        server.serve(connection: far, catalog: catalog, peer: "bench")
+        let disk = ReplicatedDisk(local: local, logger: Logger(label: "bench"))
+        try disk.replicate(to: try NBDClient.connect(fd: near, export: "disk"))
+
+        let data = [UInt8](repeating: 0x3c, count: 4096)
+        var localSamples = LatencySamples(capacity: iterations)
+        var replicatedSamples = LatencySamples(capacity: iterations)
+        var rng = SystemRandomNumberGenerator()
+        for index in 0..<(2 * iterations) {
+            let offset = UInt64.random(in: 0..<(size / 4096), using: &rng) * 4096
+            let start = monotonicNanoseconds()
+            if index % 2 == 0 {
+                try local.write(data, at: offset)
+                localSamples.record(monotonicNanoseconds() - start)
+            } else {
+                try disk.write(data, at: offset)
+                replicatedSamples.record(monotonicNanoseconds() - start)
+            }
+        }
+        let rtt = try tcpRoundTrips(iterations)
+        let local50 = localSamples.percentile(0.5), rtt50 = rtt.percentile(0.5)
+        let replicated50 = replicatedSamples.percentile(0.5), replicated99 = replicatedSamples.percentile(0.99)
+        print("4 KiB local write:          p50 \(formatMicroseconds(local50))  (baseline)")
+        print("TCP loopback round trip:    p50 \(formatMicroseconds(rtt50))  (baseline)")
+        print("4 KiB replicated write:     p50 \(formatMicroseconds(replicated50))  p99 \(formatMicroseconds(replicated99))"
+              + "  ratio p50 vs local + RTT \(format(replicated50 / (local50 + rtt50)))x  (goal ≤ 1.5x)")
+    }
+
+    private func tcpRoundTrips(_ count: Int) throws -> LatencySamples {
+        let (near, far) = try tcpPair()
+        spawnThread(name: "echo") {
+            var bytes = [UInt8](repeating: 0, count: 64)
+            while recv(far, &bytes, 64, Int32(MSG_WAITALL)) == 64 { _ = send(far, bytes, 64, Int32(MSG_NOSIGNAL)) }
+            close(far)
+        }
+        var samples = LatencySamples(capacity: count)
+        var message = [UInt8](repeating: 1, count: 64)
+        for _ in 0..<count {
+            let start = monotonicNanoseconds()
+            _ = send(near, message, 64, Int32(MSG_NOSIGNAL))
+            var got = 0
+            while got < 64 { got += recv(near, &message[got], 64 - got, 0) }
+            samples.record(monotonicNanoseconds() - start)
+        }
+        close(near)
+        return samples
+    }
+
+    // MARK: Sockets
+
+    private func tcpPair() throws -> (Int32, Int32) {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) } }
+        listen(listener, 1)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
+        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(client, $0, length) } }
+        let server = accept(listener, nil, nil)
+        close(listener)
+        var one: Int32 = 1
+        for fd in [client, server] { setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(4)) }
+        return (client, server)
+    }
+
+    private func listenUnix(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = unixAddress(path)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        listen(fd, 16)
+        return fd
+    }
+
+    private func connectUnix(_ path: String) throws -> Int32 {
+        for _ in 0..<500 {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = unixAddress(path)
+            let result = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            if result == 0 { return fd }
+            close(fd)
+            usleep(20_000)
+        }
+        throw ValidationError("nothing listens at \(path)")
+    }
+
+    private func unixAddress(_ path: String) -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        return address
+    }
+
+    private func spawn(_ arguments: [String]) -> pid_t {
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        posix_spawn(&pid, arguments[0], nil, nil, argv, environ)
+        return pid
+    }
+}
