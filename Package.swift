@@ -100,9 +100,8 @@ let package = Package(
         ]),
         // blockd's side of vmmd's virtio-blk data path (block.proto).
         .target(name: "GuestBlockService", dependencies: [
-            "BlockDevice", "ColoProtocol", "ControlSocket", "CSupport",
+            "BlockDevice", "BlockProtocol", "ColoProtocol", "ControlSocket", "CSupport",
             .product(name: "Logging", package: "swift-log"),
-            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // KVM's ioctl request numbers and kvm_run accessors.

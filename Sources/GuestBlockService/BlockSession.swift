@@ -1,8 +1,8 @@
 import BlockDevice
+import BlockProtocol
 import ColoProtocol
 import ControlSocket
 import Logging
-import SwiftProtobuf
 import SystemPackage
 
 /// blockd's side of vmmd's virtio-blk data path (Proto/colo/control/
@@ -19,13 +19,13 @@ public final class BlockSession: Sendable {
     /// Largest total of guest buffers one request may name.
     public static let maxRequestBytes: UInt64 = 32 << 20
 
-    private let socket: SeqpacketSocket
+    private let channel: BlockChannel
     private let device: any BlockDevice
     private let serial: String
     private let logger: Logger
 
     public init(socket: SeqpacketSocket, device: any BlockDevice, serial: String, logger: Logger) {
-        self.socket = socket
+        self.channel = BlockChannel(socket: socket)
         self.device = device
         self.serial = serial
         self.logger = logger
@@ -33,10 +33,11 @@ public final class BlockSession: Sendable {
 
     /// Serves until vmmd closes the socket or breaks the protocol.
     public func run() {
-        defer { socket.close() }
+        defer { channel.socket.close() }
         do throws(BlockSessionError) {
             let memory = try attach()
-            while let message = try receive() {
+            while let (message, fds) = try receive() {
+                fds.forEach { try? $0.close() }
                 guard case .request(let request) = message.body else {
                     throw .protocolViolation("expected a request")
                 }
@@ -54,10 +55,10 @@ public final class BlockSession: Sendable {
     }
 
     private func attach() throws(BlockSessionError) -> GuestMemoryMap {
-        guard let datagram = try receiveDatagram() else { throw .protocolViolation("closed before attach") }
-        var fds = datagram.fds
+        guard let (message, received) = try receive() else { throw .protocolViolation("closed before attach") }
+        var fds = received
         defer { fds.forEach { try? $0.close() } }
-        guard let message = try? ColoBlockMessage(serializedBytes: datagram.bytes), case .attach(let attach) = message.body else {
+        guard case .attach(let attach) = message.body else {
             throw .protocolViolation("the first message is not attach")
         }
         let index = Int(attach.guestMemory.index)
@@ -142,35 +143,24 @@ public final class BlockSession: Sendable {
         return completion
     }
 
-    private func receiveDatagram() throws(BlockSessionError) -> ReceivedDatagram? {
+    /// The next message (blocking), nil when vmmd closed the socket.
+    private func receive() throws(BlockSessionError) -> (ColoBlockMessage, [FileDescriptor])? {
         do {
-            guard let datagram = try socket.receive(maxBytes: ControlProtocolLimits.maxDatagramBytes) else { return nil }
-            guard !datagram.truncated else {
-                datagram.fds.forEach { try? $0.close() }
-                throw BlockSessionError.protocolViolation("a datagram larger than \(ControlProtocolLimits.maxDatagramBytes) bytes")
-            }
-            return datagram
-        } catch let error as BlockSessionError {
-            throw error
+            return try channel.receive()
+        } catch .closed {
+            return nil
+        } catch .protocolViolation(let detail) {
+            throw .protocolViolation(detail)
         } catch {
             throw .socket("\(error)")
         }
-    }
-
-    private func receive() throws(BlockSessionError) -> ColoBlockMessage? {
-        guard let datagram = try receiveDatagram() else { return nil }
-        datagram.fds.forEach { try? $0.close() }
-        guard let message = try? ColoBlockMessage(serializedBytes: datagram.bytes) else {
-            throw .protocolViolation("a datagram that is not a BlockMessage")
-        }
-        return message
     }
 
     private func send(_ body: ColoBlockMessage.OneOf_Body) throws(BlockSessionError) {
         var message = ColoBlockMessage()
         message.body = body
         do {
-            try socket.send(try message.serializedBytes())
+            try channel.send(message)
         } catch {
             throw .socket("\(error)")
         }
