@@ -137,6 +137,14 @@ let package = Package(
             "KVM", "GuestMemory", "Loaders", "Devices", "BlockProtocol", "ColoProtocol", "ControlSocket",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // The byte streams between two checkpointds: page batches and control
+        // frames on authenticated TCP channels, the dirty-bitmap format.
+        .target(name: "RAMStream"),
+        // Checkpoints: the primary's page sender and live migration, the
+        // secondary's colo-cache and commit, verify mode.
+        .target(name: "Checkpointing", dependencies: [
+            "CSupport", "RAMStream", "SharedMemory", "PeerAuthentication", "ControlSocket",
+        ]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -149,7 +157,9 @@ let package = Package(
             "DaemonRuntime", "VirtualMachine", "KVM", "Devices", "CSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .executableTarget(name: "checkpointd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "checkpointd", dependencies: [
+            "DaemonRuntime", "Checkpointing", "SharedMemory", "PeerAuthentication",
+        ]),
         .executableTarget(name: "proxyd", dependencies: ["DaemonRuntime"]),
         .executableTarget(name: "blockd", dependencies: [
             "DaemonRuntime", "BlockDevice", "BlockImages", "BlockReplication", "GuestBlockService", "NBD",
@@ -171,6 +181,7 @@ let package = Package(
         // Benchmarks, each beside a baseline measured in the same run.
         .executableTarget(name: "colobench", dependencies: [
             "ColoProtocol", "ControlSocket", "SharedMemory", "BlockDevice", "BlockImages", "BlockReplication", "NBD",
+            "Checkpointing", "PeerAuthentication",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -198,6 +209,10 @@ let package = Package(
         .testTarget(name: "DevicesTests", dependencies: [
             "Devices", "GuestMemory", "BlockProtocol", "ColoProtocol", "ControlSocket",
             .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        .testTarget(name: "RAMStreamTests", dependencies: ["RAMStream"]),
+        .testTarget(name: "CheckpointingTests", dependencies: [
+            "Checkpointing", "RAMStream", "SharedMemory", "PeerAuthentication",
         ]),
     ],
     swiftLanguageModes: [.v6]

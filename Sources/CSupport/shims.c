@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <errno.h>
 #include <linux/capability.h>
@@ -100,3 +101,10 @@ uint64_t colo_atomic_exchange_u64(uint64_t *word, uint64_t value) {
 }
 
 int colo_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+int colo_available_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+    int count = CPU_COUNT(&set);
+    return count > 0 ? count : 1;
+}

@@ -33,6 +33,12 @@ public struct Memfd: Sendable {
         return memfd
     }
 
+    /// Seals the size (grow, shrink, and further seals): for a memfd filled
+    /// before it is handed over. False with errno set on failure.
+    public func sealSize() -> Bool {
+        colo_add_seals(fd.rawValue, colo_seal_grow | colo_seal_shrink | colo_seal_seal) == 0
+    }
+
     /// True when the size can no longer change (grow and shrink sealed).
     public var isSizeSealed: Bool {
         let seals = colo_get_seals(fd.rawValue)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DaemonRuntime
+import PeerAuthentication
 
 /// `checkpointd`: Streams guest RAM and device state to the peer host and keeps the colo-cache.
 @main
@@ -11,9 +12,16 @@ struct CheckpointDaemon: ParsableCommand {
 
     @OptionGroup var options: DaemonOptions
 
+    @Option(name: .long, help: ArgumentHelp(
+        "The pre-shared key of the pair (the same file on both hosts), read at start-up. Without it, pairing is refused.",
+        valueName: "file"))
+    var peerKey: String?
+
     func run() throws {
-        try DaemonHost.run(name: "checkpointd", options: options, policy: seccompPolicy) { _ in
-            IdleService()
+        try DaemonHost.run(name: "checkpointd", options: options, policy: seccompPolicy) { environment in
+            // Read before the sandbox: afterwards checkpointd cannot open files.
+            let key = try peerKey.map { path throws(PeerAuthenticationError) in try PeerKey.load(path: path) }
+            return CheckpointService(key: key, logger: environment.logger)
         }
     }
 }

@@ -1,6 +1,11 @@
 import Sandbox
 
 /// checkpointd's seccomp allowlist: the rules common to every daemon (Sandbox's
-/// CommonRules) plus checkpointd's own, each with the reason it is needed. checkpointd so
-/// far only serves its control socket, which the common rules cover.
+/// CommonRules) and nothing else. checkpointd opens no file and creates no
+/// network socket: guest RAM, bitmaps and device state arrive as memfds, the
+/// TCP channels to the peer as connected sockets, all over the control
+/// socket. What it does with them (mmap MAP_SHARED, sendmsg/recvmsg,
+/// setsockopt TCP_NODELAY/TCP_QUICKACK/SO_*TIMEO, getsockopt SO_TYPE, shutdown,
+/// memfd_create for the colo-cache and device state, pthread_create/join)
+/// is all in the common rules.
 let seccompPolicy = SeccompPolicy(daemon: "checkpointd", rules: [])

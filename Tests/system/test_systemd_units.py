@@ -41,7 +41,7 @@ UNITS = REPO / "units"
 DAEMONS = ("vmmd", "checkpointd", "proxyd", "blockd", "supervisord")
 MANAGED = tuple(d for d in DAEMONS if d != "supervisord")
 # DESIGN.md section 2: these only work on handed-over fds.
-NO_NETWORK = {"vmmd", "proxyd", "blockd"}
+NO_NETWORK = {"vmmd", "checkpointd", "proxyd", "blockd"}
 INSTANCE = "demo"
 
 

@@ -99,4 +99,9 @@ void colo_atomic_or_u64(uint64_t *word, uint64_t bits);
 /// Reads and clears a bitmap word shared between threads.
 uint64_t colo_atomic_exchange_u64(uint64_t *word, uint64_t value);
 
+/// sched_getaffinity and CPU_COUNT are _GNU_SOURCE (and CPU_COUNT a macro).
+/// CPUs this process may run on, at least 1; sysconf would read /sys, which
+/// the sandbox refuses.
+int colo_available_cpus(void);
+
 #endif

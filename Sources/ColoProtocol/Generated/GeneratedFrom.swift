@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "6ca9f08cb8cbe3a759cba345f95f28c3b9451e4fe460f247d607e868551056b8"
+package let generatedFromProtoSourcesSHA256 = "4d362bd05e1880c3170391c14a7aa737344848805cc55d50e62564e887152200"

@@ -153,6 +153,46 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .blockdStatus(newValue)}
   }
 
+  public var checkpointAttach: ColoCheckpointAttach {
+    get {
+      if case .checkpointAttach(let v)? = body {return v}
+      return ColoCheckpointAttach()
+    }
+    set {body = .checkpointAttach(newValue)}
+  }
+
+  public var checkpointSendPages: ColoCheckpointSendPages {
+    get {
+      if case .checkpointSendPages(let v)? = body {return v}
+      return ColoCheckpointSendPages()
+    }
+    set {body = .checkpointSendPages(newValue)}
+  }
+
+  public var checkpointTake: ColoCheckpointTake {
+    get {
+      if case .checkpointTake(let v)? = body {return v}
+      return ColoCheckpointTake()
+    }
+    set {body = .checkpointTake(newValue)}
+  }
+
+  public var checkpointCommit: ColoCheckpointCommit {
+    get {
+      if case .checkpointCommit(let v)? = body {return v}
+      return ColoCheckpointCommit()
+    }
+    set {body = .checkpointCommit(newValue)}
+  }
+
+  public var checkpointStatus: ColoCheckpointStatusRequest {
+    get {
+      if case .checkpointStatus(let v)? = body {return v}
+      return ColoCheckpointStatusRequest()
+    }
+    set {body = .checkpointStatus(newValue)}
+  }
+
   public var hostStatus: ColoHostStatusRequest {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -177,6 +217,11 @@ public nonisolated struct ColoRequest: Sendable {
     case blockdFailover(ColoBlockdFailoverRequest)
     case blockdServeNbd(ColoBlockdServeNbdRequest)
     case blockdStatus(ColoBlockdStatusRequest)
+    case checkpointAttach(ColoCheckpointAttach)
+    case checkpointSendPages(ColoCheckpointSendPages)
+    case checkpointTake(ColoCheckpointTake)
+    case checkpointCommit(ColoCheckpointCommit)
+    case checkpointStatus(ColoCheckpointStatusRequest)
     case hostStatus(ColoHostStatusRequest)
 
   }
@@ -252,6 +297,46 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .blockdStatus(newValue)}
   }
 
+  public var checkpointAttached: ColoCheckpointAttached {
+    get {
+      if case .checkpointAttached(let v)? = body {return v}
+      return ColoCheckpointAttached()
+    }
+    set {body = .checkpointAttached(newValue)}
+  }
+
+  public var checkpointSendPages: ColoCheckpointSendPagesAccepted {
+    get {
+      if case .checkpointSendPages(let v)? = body {return v}
+      return ColoCheckpointSendPagesAccepted()
+    }
+    set {body = .checkpointSendPages(newValue)}
+  }
+
+  public var checkpointTaken: ColoCheckpointTaken {
+    get {
+      if case .checkpointTaken(let v)? = body {return v}
+      return ColoCheckpointTaken()
+    }
+    set {body = .checkpointTaken(newValue)}
+  }
+
+  public var checkpointCommitted: ColoCheckpointCommitted {
+    get {
+      if case .checkpointCommitted(let v)? = body {return v}
+      return ColoCheckpointCommitted()
+    }
+    set {body = .checkpointCommitted(newValue)}
+  }
+
+  public var checkpointStatus: ColoCheckpointStatus {
+    get {
+      if case .checkpointStatus(let v)? = body {return v}
+      return ColoCheckpointStatus()
+    }
+    set {body = .checkpointStatus(newValue)}
+  }
+
   public var hostStatus: ColoHostStatus {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -270,6 +355,11 @@ public nonisolated struct ColoResponse: Sendable {
     case consoleAttached(ColoConsoleAttached)
     case blockdDisk(ColoBlockdDiskInfo)
     case blockdStatus(ColoBlockdStatus)
+    case checkpointAttached(ColoCheckpointAttached)
+    case checkpointSendPages(ColoCheckpointSendPagesAccepted)
+    case checkpointTaken(ColoCheckpointTaken)
+    case checkpointCommitted(ColoCheckpointCommitted)
+    case checkpointStatus(ColoCheckpointStatus)
     case hostStatus(ColoHostStatus)
 
   }
@@ -283,7 +373,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}i\u{4}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}a\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -369,6 +459,71 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .consoleAttach(v)
+        }
+      }()
+      case 200: try {
+        var v: ColoCheckpointAttach?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointAttach(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointAttach(v)
+        }
+      }()
+      case 201: try {
+        var v: ColoCheckpointSendPages?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointSendPages(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointSendPages(v)
+        }
+      }()
+      case 202: try {
+        var v: ColoCheckpointTake?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointTake(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointTake(v)
+        }
+      }()
+      case 203: try {
+        var v: ColoCheckpointCommit?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointCommit(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointCommit(v)
+        }
+      }()
+      case 204: try {
+        var v: ColoCheckpointStatusRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointStatus(v)
         }
       }()
       case 400: try {
@@ -516,6 +671,26 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .consoleAttach(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 103)
     }()
+    case .checkpointAttach?: try {
+      guard case .checkpointAttach(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 200)
+    }()
+    case .checkpointSendPages?: try {
+      guard case .checkpointSendPages(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 201)
+    }()
+    case .checkpointTake?: try {
+      guard case .checkpointTake(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 202)
+    }()
+    case .checkpointCommit?: try {
+      guard case .checkpointCommit(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 203)
+    }()
+    case .checkpointStatus?: try {
+      guard case .checkpointStatus(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 204)
+    }()
     case .blockdOpenDisk?: try {
       guard case .blockdOpenDisk(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 400)
@@ -564,7 +739,7 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}k\u{4}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}c\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -637,6 +812,71 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .consoleAttached(v)
+        }
+      }()
+      case 200: try {
+        var v: ColoCheckpointAttached?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointAttached(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointAttached(v)
+        }
+      }()
+      case 201: try {
+        var v: ColoCheckpointSendPagesAccepted?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointSendPages(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointSendPages(v)
+        }
+      }()
+      case 202: try {
+        var v: ColoCheckpointTaken?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointTaken(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointTaken(v)
+        }
+      }()
+      case 203: try {
+        var v: ColoCheckpointCommitted?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointCommitted(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointCommitted(v)
+        }
+      }()
+      case 204: try {
+        var v: ColoCheckpointStatus?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointStatus(v)
         }
       }()
       case 400: try {
@@ -714,6 +954,26 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .consoleAttached?: try {
       guard case .consoleAttached(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 101)
+    }()
+    case .checkpointAttached?: try {
+      guard case .checkpointAttached(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 200)
+    }()
+    case .checkpointSendPages?: try {
+      guard case .checkpointSendPages(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 201)
+    }()
+    case .checkpointTaken?: try {
+      guard case .checkpointTaken(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 202)
+    }()
+    case .checkpointCommitted?: try {
+      guard case .checkpointCommitted(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 203)
+    }()
+    case .checkpointStatus?: try {
+      guard case .checkpointStatus(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 204)
     }()
     case .blockdDisk?: try {
       guard case .blockdDisk(let v)? = self.body else { preconditionFailure() }
