@@ -23,6 +23,16 @@ final class GeneratedCodeTests: XCTestCase {
                        "Sources/ColoProtocol/Generated is stale: run scripts/gen-proto.sh")
     }
 
+    /// Bodies of every daemon's range decode to their own case.
+    func testBodiesDecodeToTheirCase() throws {
+        let hostStatus = try ColoRequest(serializedBytes: [0x08, 0x01, 0xA2, 0x1F, 0x00] as [UInt8])
+        guard case .hostStatus? = hostStatus.body else { return XCTFail("\(hostStatus)") }
+        var request = ColoRequest()
+        request.body = .checkpointStatus(ColoCheckpointStatusRequest())
+        let decoded = try ColoRequest(serializedBytes: try request.serializedBytes() as [UInt8])
+        guard case .checkpointStatus? = decoded.body else { return XCTFail("\(decoded)") }
+    }
+
     /// A body this build does not know (a newer peer's request) decodes with
     /// an empty body rather than failing, so the daemon can answer
     /// UNKNOWN_REQUEST under the request's own id.

@@ -97,6 +97,46 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .consoleAttach(newValue)}
   }
 
+  public var checkpointAttach: ColoCheckpointAttach {
+    get {
+      if case .checkpointAttach(let v)? = body {return v}
+      return ColoCheckpointAttach()
+    }
+    set {body = .checkpointAttach(newValue)}
+  }
+
+  public var checkpointSendPages: ColoCheckpointSendPages {
+    get {
+      if case .checkpointSendPages(let v)? = body {return v}
+      return ColoCheckpointSendPages()
+    }
+    set {body = .checkpointSendPages(newValue)}
+  }
+
+  public var checkpointTake: ColoCheckpointTake {
+    get {
+      if case .checkpointTake(let v)? = body {return v}
+      return ColoCheckpointTake()
+    }
+    set {body = .checkpointTake(newValue)}
+  }
+
+  public var checkpointCommit: ColoCheckpointCommit {
+    get {
+      if case .checkpointCommit(let v)? = body {return v}
+      return ColoCheckpointCommit()
+    }
+    set {body = .checkpointCommit(newValue)}
+  }
+
+  public var checkpointStatus: ColoCheckpointStatusRequest {
+    get {
+      if case .checkpointStatus(let v)? = body {return v}
+      return ColoCheckpointStatusRequest()
+    }
+    set {body = .checkpointStatus(newValue)}
+  }
+
   public var blockdOpenDisk: ColoBlockdOpenDiskRequest {
     get {
       if case .blockdOpenDisk(let v)? = body {return v}
@@ -153,46 +193,6 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .blockdStatus(newValue)}
   }
 
-  public var checkpointAttach: ColoCheckpointAttach {
-    get {
-      if case .checkpointAttach(let v)? = body {return v}
-      return ColoCheckpointAttach()
-    }
-    set {body = .checkpointAttach(newValue)}
-  }
-
-  public var checkpointSendPages: ColoCheckpointSendPages {
-    get {
-      if case .checkpointSendPages(let v)? = body {return v}
-      return ColoCheckpointSendPages()
-    }
-    set {body = .checkpointSendPages(newValue)}
-  }
-
-  public var checkpointTake: ColoCheckpointTake {
-    get {
-      if case .checkpointTake(let v)? = body {return v}
-      return ColoCheckpointTake()
-    }
-    set {body = .checkpointTake(newValue)}
-  }
-
-  public var checkpointCommit: ColoCheckpointCommit {
-    get {
-      if case .checkpointCommit(let v)? = body {return v}
-      return ColoCheckpointCommit()
-    }
-    set {body = .checkpointCommit(newValue)}
-  }
-
-  public var checkpointStatus: ColoCheckpointStatusRequest {
-    get {
-      if case .checkpointStatus(let v)? = body {return v}
-      return ColoCheckpointStatusRequest()
-    }
-    set {body = .checkpointStatus(newValue)}
-  }
-
   public var hostStatus: ColoHostStatusRequest {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -210,6 +210,11 @@ public nonisolated struct ColoRequest: Sendable {
     case vmStop(ColoVmStopRequest)
     case vmStatus(ColoVmStatusRequest)
     case consoleAttach(ColoConsoleAttachRequest)
+    case checkpointAttach(ColoCheckpointAttach)
+    case checkpointSendPages(ColoCheckpointSendPages)
+    case checkpointTake(ColoCheckpointTake)
+    case checkpointCommit(ColoCheckpointCommit)
+    case checkpointStatus(ColoCheckpointStatusRequest)
     case blockdOpenDisk(ColoBlockdOpenDiskRequest)
     case blockdAttachGuest(ColoBlockdAttachGuestRequest)
     case blockdAttachLink(ColoBlockdAttachLinkRequest)
@@ -217,11 +222,6 @@ public nonisolated struct ColoRequest: Sendable {
     case blockdFailover(ColoBlockdFailoverRequest)
     case blockdServeNbd(ColoBlockdServeNbdRequest)
     case blockdStatus(ColoBlockdStatusRequest)
-    case checkpointAttach(ColoCheckpointAttach)
-    case checkpointSendPages(ColoCheckpointSendPages)
-    case checkpointTake(ColoCheckpointTake)
-    case checkpointCommit(ColoCheckpointCommit)
-    case checkpointStatus(ColoCheckpointStatusRequest)
     case hostStatus(ColoHostStatusRequest)
 
   }
@@ -281,22 +281,6 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .consoleAttached(newValue)}
   }
 
-  public var blockdDisk: ColoBlockdDiskInfo {
-    get {
-      if case .blockdDisk(let v)? = body {return v}
-      return ColoBlockdDiskInfo()
-    }
-    set {body = .blockdDisk(newValue)}
-  }
-
-  public var blockdStatus: ColoBlockdStatus {
-    get {
-      if case .blockdStatus(let v)? = body {return v}
-      return ColoBlockdStatus()
-    }
-    set {body = .blockdStatus(newValue)}
-  }
-
   public var checkpointAttached: ColoCheckpointAttached {
     get {
       if case .checkpointAttached(let v)? = body {return v}
@@ -337,6 +321,22 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .checkpointStatus(newValue)}
   }
 
+  public var blockdDisk: ColoBlockdDiskInfo {
+    get {
+      if case .blockdDisk(let v)? = body {return v}
+      return ColoBlockdDiskInfo()
+    }
+    set {body = .blockdDisk(newValue)}
+  }
+
+  public var blockdStatus: ColoBlockdStatus {
+    get {
+      if case .blockdStatus(let v)? = body {return v}
+      return ColoBlockdStatus()
+    }
+    set {body = .blockdStatus(newValue)}
+  }
+
   public var hostStatus: ColoHostStatus {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -353,13 +353,13 @@ public nonisolated struct ColoResponse: Sendable {
     case sandboxProbe(ColoSandboxProbeReply)
     case vmStatus(ColoVmStatus)
     case consoleAttached(ColoConsoleAttached)
-    case blockdDisk(ColoBlockdDiskInfo)
-    case blockdStatus(ColoBlockdStatus)
     case checkpointAttached(ColoCheckpointAttached)
     case checkpointSendPages(ColoCheckpointSendPagesAccepted)
     case checkpointTaken(ColoCheckpointTaken)
     case checkpointCommitted(ColoCheckpointCommitted)
     case checkpointStatus(ColoCheckpointStatus)
+    case blockdDisk(ColoBlockdDiskInfo)
+    case blockdStatus(ColoBlockdStatus)
     case hostStatus(ColoHostStatus)
 
   }
