@@ -1,19 +1,65 @@
-"""Driving blockd from tests: its control requests (with fds), and the
-TCP loopback pair that stands in for the replication link supervisord
+"""Driving blockd from tests: the sandboxed daemon with its plain NBD
+listener, its control requests (with fds), and the TCP loopback pair that stands in for the replication link supervisord
 would broker between two hosts."""
 
 from __future__ import annotations
 
 import array
 import importlib
+import os
+import shutil
+import signal
 import socket
 import time
+from pathlib import Path
 
+import colo_daemons
 import colo_proto
 
 blockd_pb2 = importlib.import_module("colo.control.blockd_pb2")
 PRIMARY = blockd_pb2.BLOCKD_DISK_ROLE_PRIMARY
 SECONDARY = blockd_pb2.BLOCKD_DISK_ROLE_SECONDARY
+
+
+class Blockd:
+    """One blockd with its plain NBD listener and a scratch directory."""
+
+    def __init__(self, name: str, key: Path | None = None):
+        self.dir = colo_daemons.runtime_dir(name)
+        self.nbd_socket = self.dir / "nbd.sock"
+        self.key = key
+        self.start()
+
+    def start(self):
+        args = ["--nbd-listen", f"unix:{self.nbd_socket}"]
+        if self.key:
+            args += ["--peer-key", str(self.key)]
+        for stale in (self.dir / "blockd.notify", self.dir / "blockd.sock"):
+            stale.unlink(missing_ok=True)
+        self.daemon = colo_daemons.ActivatedDaemon(colo_daemons.build_dir() / "blockd", "blockd", self.dir, tuple(args))
+        assert colo_proto.status(self.daemon.sock).sandbox.seccomp_filter_installed
+
+    @property
+    def sock(self):
+        return self.daemon.sock
+
+    def uri(self, export: str) -> str:
+        return f"nbd+unix:///{export}?socket={self.nbd_socket}"
+
+    def connect(self, export: str):
+        import nbd  # python3-libnbd; tests that connect importorskip it
+        handle = nbd.NBD()
+        handle.connect_uri(self.uri(export))
+        return handle
+
+    def kill9(self):
+        os.kill(self.daemon.proc.pid, signal.SIGKILL)
+        self.daemon.proc.wait()
+        self.daemon.close()
+
+    def close(self):
+        self.daemon.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def call(path, fds=(), **body):
@@ -67,6 +113,17 @@ def tcp_pair():
     server, _ = listener.accept()
     listener.close()
     return client, server
+
+
+def attach_guest(path, disk):
+    """A SOCK_SEQPACKET pair whose one end blockd now serves as `disk`'s
+    block service; returns the other end (vmmd's)."""
+    vmm_end, service = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    reply = call(path, fds=[service.fileno()], blockd_attach_guest=blockd_pb2.BlockdAttachGuestRequest(
+        disk=disk, socket=colo_proto.common.FdRef(index=0)))
+    service.close()
+    assert reply.WhichOneof("body") == "blockd_disk", reply
+    return vmm_end
 
 
 def attach_link(path, disk, sock, resync=False):

@@ -10,7 +10,6 @@ import hashlib
 import os
 import random
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -19,53 +18,12 @@ from pathlib import Path
 
 import pytest
 
-import colo_daemons
 import colo_proto
-from blockd_helpers import (PRIMARY, SECONDARY, attach_link, blockd_pb2, call, disk_info, open_disk,
-                            tcp_pair, wait_for)
+from blockd_helpers import (PRIMARY, SECONDARY, Blockd, attach_guest, attach_link, blockd_pb2, call, disk_info,
+                            open_disk, tcp_pair, wait_for)
 
 nbd = pytest.importorskip("nbd", reason="python3-libnbd (nbdsh) is not installed")
 MiB = 1 << 20
-
-
-class Blockd:
-    """One blockd with its plain NBD listener and a scratch directory."""
-
-    def __init__(self, name: str, key: Path | None = None):
-        self.dir = colo_daemons.runtime_dir(name)
-        self.nbd_socket = self.dir / "nbd.sock"
-        self.key = key
-        self.start()
-
-    def start(self):
-        args = ["--nbd-listen", f"unix:{self.nbd_socket}"]
-        if self.key:
-            args += ["--peer-key", str(self.key)]
-        for stale in (self.dir / "blockd.notify", self.dir / "blockd.sock"):
-            stale.unlink(missing_ok=True)
-        self.daemon = colo_daemons.ActivatedDaemon(colo_daemons.build_dir() / "blockd", "blockd", self.dir, tuple(args))
-        assert colo_proto.status(self.daemon.sock).sandbox.seccomp_filter_installed
-
-    @property
-    def sock(self):
-        return self.daemon.sock
-
-    def uri(self, export: str) -> str:
-        return f"nbd+unix:///{export}?socket={self.nbd_socket}"
-
-    def connect(self, export: str):
-        handle = nbd.NBD()
-        handle.connect_uri(self.uri(export))
-        return handle
-
-    def kill9(self):
-        os.kill(self.daemon.proc.pid, signal.SIGKILL)
-        self.daemon.proc.wait()
-        self.daemon.close()
-
-    def close(self):
-        self.daemon.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -222,11 +180,7 @@ def test_block_service_for_vmmd(blockd):
     fcntl.fcntl(ram, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
     import mmap
     guest = mmap.mmap(ram, ram_size)
-    vmm, service = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    reply = call(blockd.sock, fds=[service.fileno()], blockd_attach_guest=blockd_pb2.BlockdAttachGuestRequest(
-        disk="disk0", socket=colo_proto.common.FdRef(index=0)))
-    service.close()
-    assert reply.WhichOneof("body") == "blockd_disk", reply
+    vmm = attach_guest(blockd.sock, "disk0")
     block = colo_proto.block
     base = 0x100000  # guest-physical address of the RAM region
     attach = block.BlockMessage(attach=block.BlockAttach(
