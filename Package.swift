@@ -135,6 +135,8 @@ let package = Package(
         // A VM: KVM set-up, vCPU threads, the PC platform's devices.
         .target(name: "VirtualMachine", dependencies: [
             "KVM", "GuestMemory", "Loaders", "Devices", "BlockProtocol", "ColoProtocol", "ControlSocket",
+            "SharedMemory",
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // The byte streams between two checkpointds: page batches and control
@@ -181,7 +183,7 @@ let package = Package(
         // Benchmarks, each beside a baseline measured in the same run.
         .executableTarget(name: "colobench", dependencies: [
             "ColoProtocol", "ControlSocket", "SharedMemory", "BlockDevice", "BlockImages", "BlockReplication", "NBD",
-            "Checkpointing", "PeerAuthentication",
+            "Checkpointing", "PeerAuthentication", "VirtualMachine", "KVM",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -204,6 +206,7 @@ let package = Package(
         .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockDevice", "BlockImages"]),
         .testTarget(name: "BlockImagesTests", dependencies: ["BlockImages", "BlockDevice"]),
         .testTarget(name: "BlockReplicationTests", dependencies: ["BlockReplication", "BlockImages", "BlockDevice", "NBD"]),
+        .testTarget(name: "VirtualMachineTests", dependencies: ["VirtualMachine", "ColoProtocol", "GuestMemory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
         .testTarget(name: "LoadersTests", dependencies: ["Loaders", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: [

@@ -1,7 +1,7 @@
 /// A type-0 PCI configuration header (256 bytes) with a per-byte mask of
 /// what the guest may change, as plain data.
 public struct PciConfigSpace: Sendable, Equatable {
-    public private(set) var bytes: [UInt8]
+    public internal(set) var bytes: [UInt8]
     private var writable: [UInt8]
 
     public enum Offset {

@@ -28,10 +28,10 @@ public final class Serial8250: PortDevice, @unchecked Sendable {
     /// no more until it reads.
     public static let receiveCapacity = 1024
 
-    private let lock = DeviceLock()
-    private var state = SerialState()
-    private var lineHigh = false
-    private let interrupt: any InterruptLine
+    let lock = DeviceLock()
+    var state = SerialState()
+    var lineHigh = false
+    let interrupt: any InterruptLine
     private let output: @Sendable (UInt8) -> Void
 
     enum Register {
@@ -154,7 +154,7 @@ public final class Serial8250: PortDevice, @unchecked Sendable {
         }
     }
 
-    private func updateLine() {
+    func updateLine() {
         let pending = (!state.receiveBuffer.isEmpty && state.interruptEnable & Self.receiveInterrupt != 0)
             || (state.transmitInterruptPending && state.interruptEnable & Self.transmitInterrupt != 0)
         let high = pending && state.modemControl & Self.out2 != 0

@@ -72,7 +72,7 @@ public final class VirtioBlock: VirtioDeviceModel, @unchecked Sendable {
         var buffers: [GuestSegment]
         var length: Int
     }
-    private var inFlight: [UInt64: InFlight] = [:]
+    var inFlight: [UInt64: InFlight] = [:]
 
     /// - Parameters:
     ///   - channel: the attached data path (non-blocking is set here);

@@ -25,6 +25,9 @@ public protocol VirtioDeviceModel: AnyObject, Sendable {
     func reset()
     /// The VM ended: close the backend, so its peer sees the end.
     func release()
+    /// Requests a backend holds that will still write guest RAM (a paused
+    /// VM waits for them before its state is saved).
+    var requestsInFlight: Int { get }
     /// The backend fds to watch now.
     func backendInterests(device: VirtioDeviceAccess) -> [PollInterest]
     /// A backend fd is ready.
@@ -72,4 +75,9 @@ public struct VirtioDeviceAccess {
     public func fail(_ reason: String) {
         transport.fail(reason)
     }
+}
+
+extension VirtioDeviceModel {
+    /// Devices that answer everything at once hold nothing in flight.
+    public var requestsInFlight: Int { 0 }
 }

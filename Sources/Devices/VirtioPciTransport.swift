@@ -52,8 +52,8 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
     let memory: GuestMemory
     let model: any VirtioDeviceModel
     var state: VirtioTransportState
-    private var config: PciConfigSpace
-    private let interrupt: any InterruptLine
+    var config: PciConfigSpace
+    let interrupt: any InterruptLine
     private let ports: PortBus
     private let registrar: (any NotifyEventRegistrar)?
     private let onFailure: @Sendable (String) -> Void
@@ -61,9 +61,12 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
     /// Where BAR 0 decodes now (registered on the port bus), if anywhere.
     private var decodedBase: UInt16?
     /// One eventfd per queue, signalled by KVM on notifications.
-    private var notifyEvents: [FileDescriptor] = []
+    var notifyEvents: [FileDescriptor] = []
     private var notifyEventsAttached = false
-    private var lineHigh = false
+    var lineHigh = false
+    /// Paused (VirtioPciTransport+State.swift): the device thread leaves
+    /// the queues and guest RAM alone except to finish requests in flight.
+    var quiesced = false
     private var interruptOwed = false
     private var notificationsSeen: [UInt64]
 
@@ -145,7 +148,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
 
     /// Moves the register window (and its notification eventfds) to
     /// `base`, or removes it.
-    private func decode(at base: UInt16?) {
+    func decode(at base: UInt16?) {
         guard base != decodedBase else { return }
         defer { wakeDeviceThread() }
         if let old = decodedBase {
@@ -268,7 +271,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
         updateLine()
     }
 
-    private func notified(_ queue: Int, onVcpuThread: Bool) {
+    func notified(_ queue: Int, onVcpuThread: Bool) {
         guard queue < state.queues.count else { return }
         notificationsSeen[queue] += 1
         guard state.queues[queue].isReady, state.failure == nil else { return }
@@ -310,7 +313,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
     }
 
     /// Raises the queue interrupt owed by completions of this operation.
-    private func finishOperation() {
+    func finishOperation() {
         if interruptOwed {
             interruptOwed = false
             state.interruptStatus |= 0x1
@@ -318,7 +321,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
         updateLine()
     }
 
-    private func updateLine() {
+    func updateLine() {
         let asserted = state.interruptStatus != 0
         config.setInterruptStatus(asserted)
         let high = asserted && config.command & PciConfigSpace.commandInterruptDisable == 0
@@ -332,6 +335,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
 
     public func interests() -> [PollInterest] {
         lock.withLock {
+            if quiesced { return drainInterests }
             var interests = model.backendInterests(device: VirtioDeviceAccess(transport: self, onVcpuThread: false))
             if notifyEventsAttached {
                 interests += notifyEvents.map { PollInterest(fd: $0, events: Int16(POLLIN)) }
@@ -342,6 +346,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
 
     public func ready(fd: FileDescriptor, revents: Int16) {
         lock.withLock {
+            if quiesced && !mayFinishInFlight(fd) { return }
             if let queue = notifyEvents.firstIndex(of: fd) {
                 var count: UInt64 = 0
                 _ = Glibc.read(fd.rawValue, &count, 8)

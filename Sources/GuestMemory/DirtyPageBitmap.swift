@@ -35,6 +35,21 @@ public final class DirtyPageBitmap: @unchecked Sendable {
         }
     }
 
+    /// ORs the marked pages into `target` (the same layout: bit p of word
+    /// p / 64 is page p) and clears them, one atomic exchange per word;
+    /// returns how many of the pages were marked.
+    @discardableResult
+    public func drain(into target: UnsafeMutablePointer<UInt64>) -> Int {
+        var marked = 0
+        for index in 0..<wordCount {
+            let word = colo_atomic_exchange_u64(words + index, 0)
+            guard word != 0 else { continue }
+            marked += word.nonzeroBitCount
+            target[index] |= word
+        }
+        return marked
+    }
+
     /// The marked pages (memfd page numbers, ascending); clears them.
     public func takePages() -> [Int] {
         var pages: [Int] = []

@@ -15,6 +15,8 @@ public enum KVMError: Error, Sendable, Equatable, CustomStringConvertible {
     case ioctl(KVMIoctl, Errno)
     /// Mapping the vCPU's shared kvm_run page failed.
     case mapRunPage(Errno)
+    /// KVM would not read or take back a piece of saved state.
+    case stateRefused(String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,7 @@ public enum KVMError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .missingCapability(name): return "KVM lacks \(name)"
         case let .ioctl(request, errno): return "\(request.name) failed: \(errno)"
         case let .mapRunPage(errno): return "mmap of the vCPU run page failed: \(errno)"
+        case let .stateRefused(what): return "KVM refused saved state: \(what)"
         }
     }
 }

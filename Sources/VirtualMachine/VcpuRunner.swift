@@ -24,8 +24,8 @@ public enum VcpuState: Int, Sendable {
 ///
 /// Stopping is prompt whatever the guest does: `requestStop` sets
 /// kvm_run.immediate_exit (a KVM_RUN about to start returns at once) and
-/// signals the thread (a KVM_RUN under way returns EINTR). The same kick
-/// will serve pausing the vCPU for a checkpoint.
+/// signals the thread (a KVM_RUN under way returns EINTR). Pausing uses the
+/// same kick, then parks the thread at the VM's `PauseGate`.
 final class VcpuRunner: @unchecked Sendable {
     /// The signal that kicks a vCPU thread out of KVM_RUN; its handler
     /// does nothing, interrupting the ioctl is the point.
@@ -40,9 +40,11 @@ final class VcpuRunner: @unchecked Sendable {
     private var threadID: UInt = 0
     private let threadLock = DeviceLock()
     private let finished = DeviceSemaphore()
+    private let gate: PauseGate
 
-    init(vcpu: KVMVcpu) {
+    init(vcpu: KVMVcpu, gate: PauseGate) {
         self.vcpu = vcpu
+        self.gate = gate
         Self.installKickHandler
     }
 
@@ -71,6 +73,10 @@ final class VcpuRunner: @unchecked Sendable {
 
     private func loop(_ handler: ExitHandler) -> VirtualMachineEnd? {
         while !stopRequested.load(ordering: .acquiring) {
+            if gate.isRaised {
+                if let failure = park(handler) { return failure }
+                continue
+            }
             let exit: VcpuExit
             do {
                 exit = try vcpu.run()
@@ -82,10 +88,35 @@ final class VcpuRunner: @unchecked Sendable {
         return nil
     }
 
+    /// Completes the last exit (KVM finishes an I/O instruction only on the
+    /// next KVM_RUN, which immediate_exit ends before any guest
+    /// instruction), then waits at the gate. Returns a failure only.
+    private func park(_ handler: ExitHandler) -> VirtualMachineEnd? {
+        while true {
+            vcpu.requestImmediateExit()
+            let exit: VcpuExit
+            do {
+                exit = try vcpu.run()
+            } catch {
+                return .failed("vCPU \(vcpu.id): \(error)")
+            }
+            if case .interrupted = exit { break }
+            if !handler(exit, self) { return nil }
+        }
+        gate.park { stopRequested.load(ordering: .acquiring) }
+        return nil
+    }
+
     /// Makes the thread leave KVM_RUN and end its loop. Callable from any
     /// thread, also the vCPU's own.
     func requestStop() {
         stopRequested.store(true, ordering: .releasing)
+        gate.wake()
+        kick()
+    }
+
+    /// Makes the thread leave KVM_RUN now (or not enter it next time).
+    func kick() {
         vcpu.requestImmediateExit()
         threadLock.withLock {
             if threadID != 0 && pthread_equal(pthread_t(threadID), pthread_self()) == 0 {

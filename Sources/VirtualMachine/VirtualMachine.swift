@@ -28,16 +28,21 @@ public final class VirtualMachine: @unchecked Sendable {
 
     public let memory: GuestMemory
     public let configuration: VirtualMachineConfiguration
-    private let kvm: KVMVirtualMachine
-    private let vcpus: [VcpuRunner]
+    let kvm: KVMVirtualMachine
+    let vcpus: [VcpuRunner]
     private let ports = PortBus()
     public let serial: Serial8250
-    private let eventLoop: DeviceEventLoop
-    private let transports: [VirtioPciTransport]
-    private let net: (model: VirtioNet, transport: VirtioPciTransport)?
-    private let block: (model: VirtioBlock, transport: VirtioPciTransport)?
-    private let lifecycle = DeviceLock()
-    private var started: ContinuousClock.Instant?
+    let eventLoop: DeviceEventLoop
+    let transports: [VirtioPciTransport]
+    let net: (model: VirtioNet, transport: VirtioPciTransport)?
+    let block: (model: VirtioBlock, transport: VirtioPciTransport)?
+    let lifecycle = DeviceLock()
+    /// Pausing and state transfer (Pause.swift, StateTransfer.swift).
+    let pauseGate = PauseGate()
+    let pauseState = PauseState()
+    let kvmDevice: KVMDevice
+    let dirtyLog: DirtyLogTracker
+    var started: ContinuousClock.Instant?
     private var stoppedAt: ContinuousClock.Instant?
     private var endReason: VirtualMachineEnd?
     private var running = 0
@@ -57,6 +62,7 @@ public final class VirtualMachine: @unchecked Sendable {
                 onEnd: @escaping @Sendable (VirtualMachineEnd) -> Void) throws(VirtualMachineError) {
         self.configuration = configuration
         self.onEnd = onEnd
+        kvmDevice = device
         let size = configuration.memoryBytes
         guard size >= VirtualMachineConfiguration.minimumMemoryBytes else {
             throw .invalidConfiguration("too little RAM: \(size) bytes; at least 2 MiB are needed")
@@ -72,9 +78,11 @@ public final class VirtualMachine: @unchecked Sendable {
         } catch {
             throw .memory("\(error)")
         }
-        let entry: BootEntry
+        let entry: BootEntry?
         do {
             switch configuration.kernel {
+            case .incoming:
+                entry = nil
             case .multiboot(let fd):
                 entry = try MultibootLoader.load(try FileImage(fd: fd, what: "kernel"),
                                                  commandLine: configuration.commandLine, into: memory)
@@ -101,10 +109,11 @@ public final class VirtualMachine: @unchecked Sendable {
             for id in 0..<UInt32(configuration.vcpuCount) {
                 let vcpu = try kvm.createVcpu(id: id)
                 try vcpu.setCPUID(X86Setup.cpuid(supported, vcpu: id))
-                vcpus.append(VcpuRunner(vcpu: vcpu))
+                vcpus.append(VcpuRunner(vcpu: vcpu, gate: pauseGate))
             }
-            try X86Setup.apply(entry, to: vcpus[0].vcpu)
+            if let entry { try X86Setup.apply(entry, to: vcpus[0].vcpu) }
             self.vcpus = vcpus
+            dirtyLog = DirtyLogTracker(kvm: kvm, memory: memory, mode: configuration.dirtyLogMode)
         } catch {
             throw .kvm("\(error)")
         }
@@ -209,7 +218,7 @@ public final class VirtualMachine: @unchecked Sendable {
     }
 
     /// Asks every vCPU to stop; the first reason given is the one kept.
-    private func end(_ reason: VirtualMachineEnd) {
+    func end(_ reason: VirtualMachineEnd) {
         lifecycle.withLock {
             if endReason == nil { endReason = reason }
         }
@@ -306,7 +315,7 @@ public final class VirtualMachine: @unchecked Sendable {
 
     /// How it ended, once it has.
     public var end: VirtualMachineEnd? {
-        lifecycle.withLock { running == 0 && started != nil ? endReason ?? .stopped : nil }
+        lifecycle.withLock { running == 0 && (started != nil || endReason != nil) ? endReason ?? .stopped : nil }
     }
 
     public var vcpuStates: [(state: VcpuState, exits: [(ExitStatistics.Kind, UInt64)])] {

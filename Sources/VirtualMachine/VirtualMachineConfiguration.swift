@@ -1,4 +1,5 @@
 import BlockProtocol
+import KVM
 import Loaders
 import SystemPackage
 
@@ -10,6 +11,9 @@ public struct VirtualMachineConfiguration: Sendable {
         case multiboot(FileDescriptor)
         /// A Linux bzImage, with an optional initramfs.
         case linux(FileDescriptor, initrd: FileDescriptor?)
+        /// Nothing loaded: RAM and vCPU state arrive later (a state load
+        /// into a VM prepared for incoming state).
+        case incoming
     }
 
     /// The frame socket of the virtio-net device and the MAC it presents.
@@ -36,6 +40,8 @@ public struct VirtualMachineConfiguration: Sendable {
     public var block: FileDescriptor?
     /// Take virtqueue notifications as KVM ioeventfds (no exit to user space).
     public var notifyThroughEventFDs: Bool
+    /// How guest writes are logged once a dirty-log sync asks for them.
+    public var dirtyLogMode: DirtyLogMode = .manualClear
 
     public init(memoryBytes: UInt64, vcpuCount: Int, kernel: Kernel, commandLine: String,
                 network: Network?, block: FileDescriptor?, notifyThroughEventFDs: Bool = true) {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DaemonRuntime
+import Glibc
 import KVM
 
 /// `vmmd`: Runs the protected VM: owns /dev/kvm, guest RAM (a memfd) and the device models.
@@ -30,12 +31,32 @@ struct VMMDaemon: ParsableCommand {
     @Option(help: "How virtqueue notifications reach the devices: exit or eventfd.")
     var virtioNotify: NotifyPath = .exit
 
+    @Option(help: "How guest writes are logged: clear (KVM_CLEAR_DIRTY_LOG, manual protect) or get (KVM_GET_DIRTY_LOG).")
+    var dirtyLog: DirtyLogMode = .manualClear
+
+    @Option(help: ArgumentHelp(
+        "A user (name or uid) that may have the guest RAM memfd; repeatable. Default: vmmd's own uid only.",
+        valueName: "user"))
+    var memoryUser: [String] = []
+
     func run() throws {
         let kvmDevice = kvmDevice
         let eventfds = virtioNotify == .eventfd
+        let dirtyLog = dirtyLog
+        var memoryUsers: Set<UInt32> = memoryUser.isEmpty ? [geteuid()] : []
+        for name in memoryUser {
+            guard let uid = UInt32(name) ?? getpwnam(name).map({ $0.pointee.pw_uid }) else {
+                throw ValidationError("--memory-user \(name): no such user")
+            }
+            memoryUsers.insert(uid)
+        }
+        let allowedMemoryUsers = memoryUsers
         try DaemonHost.run(name: "vmmd", options: options, policy: seccompPolicy) { environment in
             let kvm = try KVMDevice(path: kvmDevice)
-            return try VMMService(kvm: kvm, logger: environment.logger, notifyThroughEventFDs: eventfds)
+            return try VMMService(kvm: kvm, logger: environment.logger, notifyThroughEventFDs: eventfds,
+                                  dirtyLogMode: dirtyLog, memoryUsers: allowedMemoryUsers)
         }
     }
 }
+
+extension DirtyLogMode: ExpressibleByArgument {}

@@ -8,32 +8,39 @@ import Logging
 import SystemPackage
 import VirtualMachine
 
-/// vmmd's requests: create/start, stop, status, console attach. One VM at
-/// a time; after it ends (power-off, stop, failure) the daemon keeps
+/// vmmd's requests: create/start, stop, status, console attach, and pause,
+/// resume, dirty log, state and RAM hand-off (VMMService+State.swift). One
+/// VM at a time; after it ends (power-off, stop, failure) the daemon keeps
 /// serving and a new one may be created.
 final class VMMService: DaemonService, @unchecked Sendable {
     static let defaultMAC: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
     static let deviceEventLimit = 16
 
     private let kvm: KVMDevice
-    private let logger: Logger
+    let logger: Logger
     private let console: ConsoleHub
     private let notifyThroughEventFDs: Bool
-    private let lock = DeviceLock()
-    private var vm: VirtualMachine?
+    let dirtyLogMode: DirtyLogMode
+    /// Peers that may have the guest RAM memfd (VmGuestMemoryRequest).
+    let memoryUsers: Set<UInt32>
+    let lock = DeviceLock()
+    var vm: VirtualMachine?
     private var deviceEvents: [String] = []
 
-    init(kvm: KVMDevice, logger: Logger, notifyThroughEventFDs: Bool) throws(Errno) {
+    init(kvm: KVMDevice, logger: Logger, notifyThroughEventFDs: Bool, dirtyLogMode: DirtyLogMode,
+         memoryUsers: Set<UInt32>) throws(Errno) {
         self.kvm = kvm
         self.logger = logger
         self.notifyThroughEventFDs = notifyThroughEventFDs
+        self.dirtyLogMode = dirtyLogMode
+        self.memoryUsers = memoryUsers
         console = try ConsoleHub(logger: logger)
     }
 
     var state: String {
         lock.withLock {
             guard let vm else { return "idle" }
-            return vm.end == nil ? "running" : "ended"
+            return vm.end != nil ? "ended" : vm.isPaused ? "paused" : "running"
         }
     }
 
@@ -56,19 +63,21 @@ final class VMMService: DaemonService, @unchecked Sendable {
                 return .error(.internal, "console socket: \(error)")
             }
         default:
-            return nil
+            return handleStateRequest(body, context: context)
         }
     }
 
     // MARK: Create
 
-    private func create(_ request: ColoVmConfiguration, fds: [FileDescriptor]) -> ControlReply {
+    /// Creates and starts a VM; with `incoming`, creates it paused with
+    /// nothing loaded, to receive RAM and state.
+    func create(_ request: ColoVmConfiguration, fds: [FileDescriptor], incoming: Bool = false) -> ControlReply {
         // The VM keeps duplicates of what it needs: these are closed here.
         defer { fds.forEach { try? $0.close() } }
-        let running = lock.withLock { vm.map { $0.end == nil } ?? false }
+        let running = lock.withLock { vm.map { $0.end == nil && !$0.awaitsState } ?? false }
         guard !running else { return .error(.failedPrecondition, "a VM is running; stop it first") }
         let configuration: VirtualMachineConfiguration
-        switch makeConfiguration(request, fds: fds) {
+        switch makeConfiguration(request, fds: fds, incoming: incoming) {
         case .success(let value): configuration = value
         case .failure(let error): return .error(error.code, error.message)
         }
@@ -95,16 +104,21 @@ final class VMMService: DaemonService, @unchecked Sendable {
             vm = machine
             deviceEvents.removeAll()
         }
-        machine.start()
-        logger.info("VM started", metadata: [
-            "event": "vm_started", "memory_mib": "\(configuration.memoryBytes >> 20)",
+        if incoming {
+            // A VM that never ran pauses at once.
+            _ = try? machine.pause()
+        } else {
+            machine.start()
+        }
+        logger.info(incoming ? "VM prepared for incoming state" : "VM started", metadata: [
+            "event": incoming ? "vm_prepared_incoming" : "vm_started", "memory_mib": "\(configuration.memoryBytes >> 20)",
             "vcpus": "\(configuration.vcpuCount)", "command_line": "\(configuration.commandLine)",
             "net": "\(configuration.network != nil)", "block": "\(configuration.block != nil)",
         ])
         return ControlReply(.vmStatus(lock.withLock { status() }))
     }
 
-    private func makeConfiguration(_ request: ColoVmConfiguration, fds: [FileDescriptor])
+    private func makeConfiguration(_ request: ColoVmConfiguration, fds: [FileDescriptor], incoming: Bool)
         -> Result<VirtualMachineConfiguration, Refusal> {
         var used: Set<UInt32> = []
         func fd(_ reference: ColoFdRef, _ what: String) -> Result<FileDescriptor, Refusal> {
@@ -116,33 +130,39 @@ final class VMMService: DaemonService, @unchecked Sendable {
             }
             return .success(fds[Int(reference.index)])
         }
-        guard request.hasKernel else { return .failure(Refusal(.invalidArgument, "no kernel fd")) }
+        guard request.hasKernel || incoming else { return .failure(Refusal(.invalidArgument, "no kernel fd")) }
         guard request.memoryMib > 0, request.memoryMib <= VirtualMachineConfiguration.maximumMemoryBytes >> 20 else {
             return .failure(Refusal(.invalidArgument, "memory_mib \(request.memoryMib): give 2 to 1048576"))
         }
-        let kernelFD: FileDescriptor
-        switch fd(request.kernel, "kernel") {
-        case .success(let value): kernelFD = value
-        case .failure(let error): return .failure(error)
+        func bootKernel() -> Result<VirtualMachineConfiguration.Kernel, Refusal> {
+            let kernelFD: FileDescriptor
+            switch fd(request.kernel, "kernel") {
+            case .success(let value): kernelFD = value
+            case .failure(let error): return .failure(error)
+            }
+            switch request.kernelFormat {
+            case .multiboot:
+                guard !request.hasInitrd else {
+                    return .failure(Refusal(.invalidArgument, "an initrd is only loaded with a Linux bzImage"))
+                }
+                return .success(.multiboot(kernelFD))
+            case .linuxBzimage:
+                var initrd: FileDescriptor?
+                if request.hasInitrd {
+                    switch fd(request.initrd, "initrd") {
+                    case .success(let value): initrd = value
+                    case .failure(let error): return .failure(error)
+                    }
+                }
+                return .success(.linux(kernelFD, initrd: initrd))
+            default:
+                return .failure(Refusal(.invalidArgument, "kernel_format must be MULTIBOOT or LINUX_BZIMAGE"))
+            }
         }
         let kernel: VirtualMachineConfiguration.Kernel
-        switch request.kernelFormat {
-        case .multiboot:
-            guard !request.hasInitrd else {
-                return .failure(Refusal(.invalidArgument, "an initrd is only loaded with a Linux bzImage"))
-            }
-            kernel = .multiboot(kernelFD)
-        case .linuxBzimage:
-            var initrd: FileDescriptor?
-            if request.hasInitrd {
-                switch fd(request.initrd, "initrd") {
-                case .success(let value): initrd = value
-                case .failure(let error): return .failure(error)
-                }
-            }
-            kernel = .linux(kernelFD, initrd: initrd)
-        default:
-            return .failure(Refusal(.invalidArgument, "kernel_format must be MULTIBOOT or LINUX_BZIMAGE"))
+        switch incoming ? .success(.incoming) : bootKernel() {
+        case .success(let value): kernel = value
+        case .failure(let error): return .failure(error)
         }
         var network: VirtualMachineConfiguration.Network?
         if request.hasNetFrames {
@@ -162,10 +182,12 @@ final class VMMService: DaemonService, @unchecked Sendable {
             case .failure(let error): return .failure(error)
             }
         }
-        return .success(VirtualMachineConfiguration(
+        var configuration = VirtualMachineConfiguration(
             memoryBytes: request.memoryMib << 20, vcpuCount: Int(max(request.vcpus, 1)), kernel: kernel,
             commandLine: request.commandLine, network: network, block: block,
-            notifyThroughEventFDs: notifyThroughEventFDs))
+            notifyThroughEventFDs: notifyThroughEventFDs)
+        configuration.dirtyLogMode = dirtyLogMode
+        return .success(configuration)
     }
 
     /// Why a request's configuration is refused.
@@ -208,14 +230,14 @@ final class VMMService: DaemonService, @unchecked Sendable {
     // MARK: Status
 
     /// With the lock held.
-    private func status() -> ColoVmStatus {
+    func status() -> ColoVmStatus {
         var status = ColoVmStatus()
         guard let vm else {
             status.state = .none
             return status
         }
         let end = vm.end
-        status.state = end == nil ? .running : .ended
+        status.state = end != nil ? .ended : vm.isPaused ? .paused : .running
         status.endReason = end.map { "\($0)" } ?? ""
         if let uptime = vm.uptime {
             let (seconds, attoseconds) = uptime.components

@@ -35,6 +35,7 @@ envelope = importlib.import_module("colo.control.envelope_pb2")
 common = importlib.import_module("colo.control.common_pb2")
 vmmd = importlib.import_module("colo.control.vmmd_pb2")
 block = importlib.import_module("colo.control.block_pb2")
+vmstate = importlib.import_module("colo.control.vmstate_pb2")
 
 MAX_DATAGRAM = 64 * 1024
 

@@ -156,19 +156,21 @@ class Vmmd:
     def create(self, kernel: str | os.PathLike | int = GUEST_ELF, cmdline: str = "ip=10.0.2.15/24",
                memory_mib: int = 128, net: socket.socket | None = None,
                block: socket.socket | None = None, kernel_format: int | None = None,
-               initrd: str | os.PathLike | None = None, mac: bytes = b""):
-        """Sends VmCreateRequest; returns the Response (vm_status or error)."""
+               initrd: str | os.PathLike | None = None, mac: bytes = b"", incoming: bool = False):
+        """Sends VmCreateRequest (with ``incoming``, VmPrepareIncomingRequest:
+        no kernel); returns the Response (vm_status or error)."""
         vm = colo_proto.vmmd
         config = vm.VmConfiguration(
             memory_mib=memory_mib, vcpus=1, command_line=cmdline, mac_address=mac,
             kernel_format=vm.KERNEL_FORMAT_MULTIBOOT if kernel_format is None else kernel_format)
         fds, owned = [], []
         try:
-            kernel_fd = kernel if isinstance(kernel, int) else os.open(kernel, os.O_RDONLY)
-            if not isinstance(kernel, int):
-                owned.append(kernel_fd)
-            config.kernel.index = len(fds)
-            fds.append(kernel_fd)
+            if not incoming:
+                kernel_fd = kernel if isinstance(kernel, int) else os.open(kernel, os.O_RDONLY)
+                if not isinstance(kernel, int):
+                    owned.append(kernel_fd)
+                config.kernel.index = len(fds)
+                fds.append(kernel_fd)
             if initrd is not None:
                 fd = os.open(initrd, os.O_RDONLY)
                 owned.append(fd)
@@ -180,10 +182,68 @@ class Vmmd:
             if block is not None:
                 config.block.index = len(fds)
                 fds.append(block.fileno())
+            if incoming:
+                return self.call(fds, vm_prepare_incoming=colo_proto.vmstate.VmPrepareIncomingRequest(
+                    configuration=config))
             return self.call(fds, vm_create=vm.VmCreateRequest(configuration=config))
         finally:
             for fd in owned:
                 os.close(fd)
+
+    # --- pause, dirty log, state, RAM (vmstate.proto) --------------------------
+    def expect(self, reply, body: str):
+        assert reply.WhichOneof("body") == body, f"{body} expected: {reply}\n{self.output()[-3000:]}"
+        return getattr(reply, body)
+
+    def pause(self):
+        return self.expect(self.call(vm_pause=None), "vm_paused")
+
+    def resume(self):
+        return self.expect(self.call(vm_resume=None), "vm_resumed")
+
+    def sync_dirty_log(self) -> tuple[object, bytes]:
+        """VmDirtyLog and the bitmap's bytes."""
+        reply, fds = self.call_with_fds(vm_dirty_log_sync=None)
+        try:
+            log = self.expect(reply, "vm_dirty_log")
+            assert len(fds) == 1
+            return log, os.pread(fds[0], os.fstat(fds[0]).st_size, 0)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def save_state(self) -> bytes:
+        reply, fds = self.call_with_fds(vm_state_save=None)
+        try:
+            saved = self.expect(reply, "vm_state_saved")
+            assert len(fds) == 1 and os.fstat(fds[0]).st_size == saved.bytes
+            return os.pread(fds[0], saved.bytes, 0)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def load_state(self, blob: bytes):
+        """Sends the blob in a memfd; returns the Response."""
+        fd = os.memfd_create("state", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, blob)
+            request = colo_proto.vmstate.VmStateLoadRequest()
+            request.state.index = 0
+            return self.call([fd], vm_state_load=request)
+        finally:
+            os.close(fd)
+
+    def guest_memory(self) -> int:
+        """The guest RAM memfd (the caller closes it)."""
+        reply, fds = self.call_with_fds(vm_guest_memory=None)
+        try:
+            memory = self.expect(reply, "vm_guest_memory")
+        except AssertionError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        assert len(fds) == 1 and os.fstat(fds[0]).st_size == memory.bytes
+        return fds[0]
 
     def status(self):
         reply = self.call(vm_status=None)
@@ -274,22 +334,46 @@ class BlockBackend:
 
 class Forwarder:
     """frame_forwarder.py joining a SEQPACKET pair to `ns`'s tap; `vmm_end`
-    is the socket to hand to vmmd. ``stats()`` after close: its counters."""
+    is the socket to hand to vmmd. ``stats()`` after close: its counters.
+    With ``switchable``, ``new_socket()`` makes another pair, and
+    ``switch()`` moves the tap to it (a VM migrating between vmmds)."""
 
-    def __init__(self, ns):
+    def __init__(self, ns, switchable: bool = False):
         self.vmm_end, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._stats_r, stats_w = os.pipe()
-        self.proc = subprocess.Popen(
-            ns.wrap([PYTHON, str(HERE / "frame_forwarder.py"), "--socket-fd", str(theirs.fileno()),
-                     "--tap", ns.tap, "--stats-fd", str(stats_w)]),
-            pass_fds=[theirs.fileno(), stats_w], stdin=subprocess.DEVNULL)
+        args = [PYTHON, str(HERE / "frame_forwarder.py"), "--socket-fd", str(theirs.fileno()),
+                "--tap", ns.tap, "--stats-fd", str(stats_w)]
+        passed = [theirs.fileno(), stats_w]
+        self._switch = None
+        if switchable:
+            self._switch, switch_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            args += ["--switch-fd", str(switch_theirs.fileno())]
+            passed.append(switch_theirs.fileno())
+        self.proc = subprocess.Popen(ns.wrap(args), pass_fds=passed, stdin=subprocess.DEVNULL)
         theirs.close()
+        if self._switch is not None:
+            switch_theirs.close()
         os.close(stats_w)
         self._stats = ""
+        self._pending: socket.socket | None = None
+
+    def new_socket(self) -> socket.socket:
+        """A new frame socket for another vmmd; the tap moves to it with switch()."""
+        mine, self._pending = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        return mine
+
+    def switch(self) -> None:
+        socket.send_fds(self._switch, [b"s"], [self._pending.fileno()])
+        self._pending.close()
+        self._pending = None
 
     def close(self) -> None:
         if self.vmm_end.fileno() >= 0:
             self.vmm_end.close()
+        if self._switch is not None:
+            self._switch.close()
+        if self._pending is not None:
+            self._pending.close()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

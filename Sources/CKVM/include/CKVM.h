@@ -31,6 +31,33 @@ extern const unsigned long colo_kvm_set_regs;
 extern const unsigned long colo_kvm_get_sregs;
 extern const unsigned long colo_kvm_set_sregs;
 extern const unsigned long colo_kvm_set_cpuid2;
+/// Saving and restoring state (pause, checkpoints, migration):
+extern const unsigned long colo_kvm_get_msr_index_list;
+extern const unsigned long colo_kvm_get_irqchip;
+extern const unsigned long colo_kvm_set_irqchip;
+extern const unsigned long colo_kvm_get_pit2;
+extern const unsigned long colo_kvm_set_pit2;
+extern const unsigned long colo_kvm_get_clock;
+extern const unsigned long colo_kvm_set_clock;
+extern const unsigned long colo_kvm_get_dirty_log;
+extern const unsigned long colo_kvm_clear_dirty_log;
+extern const unsigned long colo_kvm_enable_cap;
+extern const unsigned long colo_kvm_get_mp_state;
+extern const unsigned long colo_kvm_set_mp_state;
+extern const unsigned long colo_kvm_get_xsave;
+extern const unsigned long colo_kvm_get_xsave2;
+extern const unsigned long colo_kvm_set_xsave;
+extern const unsigned long colo_kvm_get_xcrs;
+extern const unsigned long colo_kvm_set_xcrs;
+extern const unsigned long colo_kvm_get_msrs;
+extern const unsigned long colo_kvm_set_msrs;
+extern const unsigned long colo_kvm_get_lapic;
+extern const unsigned long colo_kvm_set_lapic;
+extern const unsigned long colo_kvm_get_vcpu_events;
+extern const unsigned long colo_kvm_set_vcpu_events;
+extern const unsigned long colo_kvm_get_debugregs;
+extern const unsigned long colo_kvm_set_debugregs;
+extern const unsigned long colo_kvm_get_tsc_khz;
 
 /// KVM_IOEVENTFD_FLAG_* are shifts of enum constants Swift does not import.
 extern const uint32_t colo_kvm_ioeventfd_flag_datamatch;
@@ -78,6 +105,25 @@ static inline struct kvm_irq_level colo_kvm_irq_level(uint32_t irq, uint32_t lev
     struct kvm_irq_level value = {0};
     value.irq = irq;
     value.level = level;
+    return value;
+}
+
+/// struct kvm_dirty_log and kvm_clear_dirty_log keep the bitmap pointer
+/// in an anonymous union.
+static inline struct kvm_dirty_log colo_kvm_dirty_log_request(uint32_t slot, void *bitmap) {
+    struct kvm_dirty_log value = {0};
+    value.slot = slot;
+    value.dirty_bitmap = bitmap;
+    return value;
+}
+
+static inline struct kvm_clear_dirty_log colo_kvm_clear_dirty_log_request(uint32_t slot, uint64_t first_page,
+                                                                  uint32_t pages, void *bitmap) {
+    struct kvm_clear_dirty_log value = {0};
+    value.slot = slot;
+    value.first_page = first_page;
+    value.num_pages = pages;
+    value.dirty_bitmap = bitmap;
     return value;
 }
 

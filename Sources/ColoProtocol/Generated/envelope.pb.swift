@@ -97,6 +97,62 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .consoleAttach(newValue)}
   }
 
+  public var vmPause: ColoVmPauseRequest {
+    get {
+      if case .vmPause(let v)? = body {return v}
+      return ColoVmPauseRequest()
+    }
+    set {body = .vmPause(newValue)}
+  }
+
+  public var vmResume: ColoVmResumeRequest {
+    get {
+      if case .vmResume(let v)? = body {return v}
+      return ColoVmResumeRequest()
+    }
+    set {body = .vmResume(newValue)}
+  }
+
+  public var vmDirtyLogSync: ColoVmDirtyLogSyncRequest {
+    get {
+      if case .vmDirtyLogSync(let v)? = body {return v}
+      return ColoVmDirtyLogSyncRequest()
+    }
+    set {body = .vmDirtyLogSync(newValue)}
+  }
+
+  public var vmStateSave: ColoVmStateSaveRequest {
+    get {
+      if case .vmStateSave(let v)? = body {return v}
+      return ColoVmStateSaveRequest()
+    }
+    set {body = .vmStateSave(newValue)}
+  }
+
+  public var vmStateLoad: ColoVmStateLoadRequest {
+    get {
+      if case .vmStateLoad(let v)? = body {return v}
+      return ColoVmStateLoadRequest()
+    }
+    set {body = .vmStateLoad(newValue)}
+  }
+
+  public var vmGuestMemory: ColoVmGuestMemoryRequest {
+    get {
+      if case .vmGuestMemory(let v)? = body {return v}
+      return ColoVmGuestMemoryRequest()
+    }
+    set {body = .vmGuestMemory(newValue)}
+  }
+
+  public var vmPrepareIncoming: ColoVmPrepareIncomingRequest {
+    get {
+      if case .vmPrepareIncoming(let v)? = body {return v}
+      return ColoVmPrepareIncomingRequest()
+    }
+    set {body = .vmPrepareIncoming(newValue)}
+  }
+
   public var checkpointAttach: ColoCheckpointAttach {
     get {
       if case .checkpointAttach(let v)? = body {return v}
@@ -210,6 +266,13 @@ public nonisolated struct ColoRequest: Sendable {
     case vmStop(ColoVmStopRequest)
     case vmStatus(ColoVmStatusRequest)
     case consoleAttach(ColoConsoleAttachRequest)
+    case vmPause(ColoVmPauseRequest)
+    case vmResume(ColoVmResumeRequest)
+    case vmDirtyLogSync(ColoVmDirtyLogSyncRequest)
+    case vmStateSave(ColoVmStateSaveRequest)
+    case vmStateLoad(ColoVmStateLoadRequest)
+    case vmGuestMemory(ColoVmGuestMemoryRequest)
+    case vmPrepareIncoming(ColoVmPrepareIncomingRequest)
     case checkpointAttach(ColoCheckpointAttach)
     case checkpointSendPages(ColoCheckpointSendPages)
     case checkpointTake(ColoCheckpointTake)
@@ -279,6 +342,54 @@ public nonisolated struct ColoResponse: Sendable {
       return ColoConsoleAttached()
     }
     set {body = .consoleAttached(newValue)}
+  }
+
+  public var vmPaused: ColoVmPaused {
+    get {
+      if case .vmPaused(let v)? = body {return v}
+      return ColoVmPaused()
+    }
+    set {body = .vmPaused(newValue)}
+  }
+
+  public var vmResumed: ColoVmResumed {
+    get {
+      if case .vmResumed(let v)? = body {return v}
+      return ColoVmResumed()
+    }
+    set {body = .vmResumed(newValue)}
+  }
+
+  public var vmDirtyLog: ColoVmDirtyLog {
+    get {
+      if case .vmDirtyLog(let v)? = body {return v}
+      return ColoVmDirtyLog()
+    }
+    set {body = .vmDirtyLog(newValue)}
+  }
+
+  public var vmStateSaved: ColoVmStateSaved {
+    get {
+      if case .vmStateSaved(let v)? = body {return v}
+      return ColoVmStateSaved()
+    }
+    set {body = .vmStateSaved(newValue)}
+  }
+
+  public var vmStateLoaded: ColoVmStateLoaded {
+    get {
+      if case .vmStateLoaded(let v)? = body {return v}
+      return ColoVmStateLoaded()
+    }
+    set {body = .vmStateLoaded(newValue)}
+  }
+
+  public var vmGuestMemory: ColoVmGuestMemory {
+    get {
+      if case .vmGuestMemory(let v)? = body {return v}
+      return ColoVmGuestMemory()
+    }
+    set {body = .vmGuestMemory(newValue)}
   }
 
   public var checkpointAttached: ColoCheckpointAttached {
@@ -353,6 +464,12 @@ public nonisolated struct ColoResponse: Sendable {
     case sandboxProbe(ColoSandboxProbeReply)
     case vmStatus(ColoVmStatus)
     case consoleAttached(ColoConsoleAttached)
+    case vmPaused(ColoVmPaused)
+    case vmResumed(ColoVmResumed)
+    case vmDirtyLog(ColoVmDirtyLog)
+    case vmStateSaved(ColoVmStateSaved)
+    case vmStateLoaded(ColoVmStateLoaded)
+    case vmGuestMemory(ColoVmGuestMemory)
     case checkpointAttached(ColoCheckpointAttached)
     case checkpointSendPages(ColoCheckpointSendPagesAccepted)
     case checkpointTaken(ColoCheckpointTaken)
@@ -373,7 +490,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}a\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -459,6 +576,97 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .consoleAttach(v)
+        }
+      }()
+      case 110: try {
+        var v: ColoVmPauseRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmPause(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmPause(v)
+        }
+      }()
+      case 111: try {
+        var v: ColoVmResumeRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmResume(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmResume(v)
+        }
+      }()
+      case 112: try {
+        var v: ColoVmDirtyLogSyncRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmDirtyLogSync(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmDirtyLogSync(v)
+        }
+      }()
+      case 113: try {
+        var v: ColoVmStateSaveRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmStateSave(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmStateSave(v)
+        }
+      }()
+      case 114: try {
+        var v: ColoVmStateLoadRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmStateLoad(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmStateLoad(v)
+        }
+      }()
+      case 115: try {
+        var v: ColoVmGuestMemoryRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmGuestMemory(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmGuestMemory(v)
+        }
+      }()
+      case 116: try {
+        var v: ColoVmPrepareIncomingRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmPrepareIncoming(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmPrepareIncoming(v)
         }
       }()
       case 200: try {
@@ -671,6 +879,34 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .consoleAttach(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 103)
     }()
+    case .vmPause?: try {
+      guard case .vmPause(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 110)
+    }()
+    case .vmResume?: try {
+      guard case .vmResume(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 111)
+    }()
+    case .vmDirtyLogSync?: try {
+      guard case .vmDirtyLogSync(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 112)
+    }()
+    case .vmStateSave?: try {
+      guard case .vmStateSave(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 113)
+    }()
+    case .vmStateLoad?: try {
+      guard case .vmStateLoad(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 114)
+    }()
+    case .vmGuestMemory?: try {
+      guard case .vmGuestMemory(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 115)
+    }()
+    case .vmPrepareIncoming?: try {
+      guard case .vmPrepareIncoming(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 116)
+    }()
     case .checkpointAttach?: try {
       guard case .checkpointAttach(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 200)
@@ -739,7 +975,7 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}c\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}\u{9}vm_paused\0\u{3}vm_resumed\0\u{3}vm_dirty_log\0\u{3}vm_state_saved\0\u{3}vm_state_loaded\0\u{3}vm_guest_memory\0\u{4}U\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -812,6 +1048,84 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .consoleAttached(v)
+        }
+      }()
+      case 110: try {
+        var v: ColoVmPaused?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmPaused(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmPaused(v)
+        }
+      }()
+      case 111: try {
+        var v: ColoVmResumed?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmResumed(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmResumed(v)
+        }
+      }()
+      case 112: try {
+        var v: ColoVmDirtyLog?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmDirtyLog(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmDirtyLog(v)
+        }
+      }()
+      case 113: try {
+        var v: ColoVmStateSaved?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmStateSaved(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmStateSaved(v)
+        }
+      }()
+      case 114: try {
+        var v: ColoVmStateLoaded?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmStateLoaded(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmStateLoaded(v)
+        }
+      }()
+      case 115: try {
+        var v: ColoVmGuestMemory?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .vmGuestMemory(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .vmGuestMemory(v)
         }
       }()
       case 200: try {
@@ -954,6 +1268,30 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .consoleAttached?: try {
       guard case .consoleAttached(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 101)
+    }()
+    case .vmPaused?: try {
+      guard case .vmPaused(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 110)
+    }()
+    case .vmResumed?: try {
+      guard case .vmResumed(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 111)
+    }()
+    case .vmDirtyLog?: try {
+      guard case .vmDirtyLog(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 112)
+    }()
+    case .vmStateSaved?: try {
+      guard case .vmStateSaved(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 113)
+    }()
+    case .vmStateLoaded?: try {
+      guard case .vmStateLoaded(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 114)
+    }()
+    case .vmGuestMemory?: try {
+      guard case .vmGuestMemory(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 115)
     }()
     case .checkpointAttached?: try {
       guard case .checkpointAttached(let v)? = self.body else { preconditionFailure() }

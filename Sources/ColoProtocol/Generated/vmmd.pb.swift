@@ -83,6 +83,9 @@ public nonisolated enum ColoVmState: SwiftProtobuf.Enum, Swift.CaseIterable {
 
   /// The last VM ended (see `end_reason`); a new one may be created.
   case ended // = 3
+
+  /// Paused (vmstate.proto), or prepared for incoming state and not started.
+  case paused // = 4
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -95,6 +98,7 @@ public nonisolated enum ColoVmState: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 1: self = .none
     case 2: self = .running
     case 3: self = .ended
+    case 4: self = .paused
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -105,6 +109,7 @@ public nonisolated enum ColoVmState: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .none: return 1
     case .running: return 2
     case .ended: return 3
+    case .paused: return 4
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -115,6 +120,7 @@ public nonisolated enum ColoVmState: SwiftProtobuf.Enum, Swift.CaseIterable {
     .none,
     .running,
     .ended,
+    .paused,
   ]
 
 }
@@ -418,7 +424,7 @@ nonisolated extension ColoKernelFormat: SwiftProtobuf._ProtoNameProviding {
 }
 
 nonisolated extension ColoVmState: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0VM_STATE_UNSPECIFIED\0\u{1}VM_STATE_NONE\0\u{1}VM_STATE_RUNNING\0\u{1}VM_STATE_ENDED\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0VM_STATE_UNSPECIFIED\0\u{1}VM_STATE_NONE\0\u{1}VM_STATE_RUNNING\0\u{1}VM_STATE_ENDED\0\u{1}VM_STATE_PAUSED\0")
 }
 
 nonisolated extension ColoVmConfiguration: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
