@@ -203,7 +203,10 @@ let package = Package(
                                                          "PairConfiguration"]),
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
-        .testTarget(name: "NBDTests", dependencies: ["NBD", "BlockDevice", "BlockImages"]),
+        .testTarget(name: "NBDTests", dependencies: [
+            "NBD", "BlockDevice", "BlockImages", "BlockReplication",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "BlockImagesTests", dependencies: ["BlockImages", "BlockDevice"]),
         .testTarget(name: "BlockReplicationTests", dependencies: ["BlockReplication", "BlockImages", "BlockDevice", "NBD"]),
         .testTarget(name: "VirtualMachineTests", dependencies: ["VirtualMachine", "ColoProtocol", "GuestMemory"]),
