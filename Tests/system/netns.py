@@ -35,7 +35,11 @@ def run(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
 
 
 class NetNS:
-    def __init__(self, subnet: int = 0, tap: str = "tap0", prefix: str = "colo-gt"):
+    def __init__(self, subnet: int = 0, tap: str = "tap0", prefix: str = "colo-gt",
+                 address: str | None = None, mac: str | None = None):
+        """``address`` is the tap's own address (default: host_ip, .1 of the
+        subnet; a namespace standing in for a guest takes guest_ip, .2);
+        ``mac`` its Ethernet address (default: the kernel's random one)."""
         self.name = f"{prefix}-{os.getpid()}-{next(_seq)}"
         self.tap = tap
         self.host_ip = f"10.77.{subnet}.1"
@@ -45,7 +49,9 @@ class NetNS:
         self._created = True
         try:
             self.ip("tuntap", "add", "dev", tap, "mode", "tap")
-            self.ip("addr", "add", f"{self.host_ip}/24", "dev", tap)
+            if mac:
+                self.ip("link", "set", tap, "address", mac)
+            self.ip("addr", "add", f"{address or self.host_ip}/24", "dev", tap)
             self.ip("link", "set", tap, "up")
             self.ip("link", "set", "lo", "up")
         except Exception:
