@@ -147,6 +147,8 @@ let package = Package(
         .target(name: "Checkpointing", dependencies: [
             "CSupport", "RAMStream", "SharedMemory", "PeerAuthentication", "ControlSocket",
         ]),
+        // Zero-copy parsing, checksums and rewriting of Ethernet frames.
+        .target(name: "Packets"),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -220,6 +222,7 @@ let package = Package(
         .testTarget(name: "CheckpointingTests", dependencies: [
             "Checkpointing", "RAMStream", "SharedMemory", "PeerAuthentication",
         ]),
+        .testTarget(name: "PacketsTests", dependencies: ["Packets"]),
     ],
     swiftLanguageModes: [.v6]
 )

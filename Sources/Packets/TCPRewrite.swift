@@ -1,0 +1,23 @@
+/// In-place rewriting of a TCP segment's sequence and acknowledgment numbers,
+/// the TCP checksum updated incrementally (the payload is not read again).
+public enum TCPRewrite {
+    /// Writes `sequence` and/or `acknowledgment` into the segment `tcp`
+    /// (parsed from `frame`) and corrects its checksum.
+    public static func rewrite(_ frame: inout [UInt8], tcp: TCPHeader, sequence: UInt32? = nil,
+                               acknowledgment: UInt32? = nil) {
+        let checksumOffset = tcp.offset + 16
+        var checksum = frame.u16(at: checksumOffset)
+        func replace(_ value: UInt32, at offset: Int) {
+            for word in 0..<2 {
+                let position = offset + 2 * word
+                let old = frame.u16(at: position)
+                let new = UInt16(truncatingIfNeeded: value >> (16 - 16 * word))
+                checksum = InternetChecksum.updated(checksum, replacing: old, with: new)
+                frame.setU16(new, at: position)
+            }
+        }
+        if let sequence { replace(sequence, at: tcp.offset + 4) }
+        if let acknowledgment { replace(acknowledgment, at: tcp.offset + 8) }
+        frame.setU16(checksum, at: checksumOffset)
+    }
+}
