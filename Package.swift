@@ -149,6 +149,10 @@ let package = Package(
         ]),
         // Zero-copy parsing, checksums and rewriting of Ethernet frames.
         .target(name: "Packets"),
+        // The COLO comparison of the two guests' output: a pure state machine.
+        .target(name: "PacketComparison", dependencies: ["Packets"]),
+        // The secondary's TCP sequence numbers moved into the primary's space.
+        .target(name: "SequenceRewriter", dependencies: ["Packets"]),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -223,6 +227,8 @@ let package = Package(
             "Checkpointing", "RAMStream", "SharedMemory", "PeerAuthentication",
         ]),
         .testTarget(name: "PacketsTests", dependencies: ["Packets"]),
+        .testTarget(name: "PacketComparisonTests", dependencies: ["PacketComparison", "Packets"]),
+        .testTarget(name: "SequenceRewriterTests", dependencies: ["SequenceRewriter", "PacketComparison", "Packets"]),
     ],
     swiftLanguageModes: [.v6]
 )

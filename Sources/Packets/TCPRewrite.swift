@@ -3,8 +3,10 @@
 public enum TCPRewrite {
     /// Writes `sequence` and/or `acknowledgment` into the segment `tcp`
     /// (parsed from `frame`) and corrects its checksum.
+    /// `sackShift` is subtracted from every SACK block edge (they name
+    /// sequence numbers of the other direction, as the acknowledgment does).
     public static func rewrite(_ frame: inout [UInt8], tcp: TCPHeader, sequence: UInt32? = nil,
-                               acknowledgment: UInt32? = nil) {
+                               acknowledgment: UInt32? = nil, sackShift: UInt32? = nil) {
         let checksumOffset = tcp.offset + 16
         var checksum = frame.u16(at: checksumOffset)
         func replace(_ value: UInt32, at offset: Int) {
@@ -18,6 +20,23 @@ public enum TCPRewrite {
         }
         if let sequence { replace(sequence, at: tcp.offset + 4) }
         if let acknowledgment { replace(acknowledgment, at: tcp.offset + 8) }
+        if let sackShift, sackShift != 0 {
+            // The options were validated when `tcp` was parsed.
+            var cursor = tcp.offset + TCPHeader.minimumLength
+            let end = tcp.offset + tcp.headerLength
+            while cursor < end {
+                let kind = frame[cursor]
+                if kind == 0 { break }
+                if kind == 1 { cursor += 1; continue }
+                let length = Int(frame[cursor + 1])
+                if kind == 5 {
+                    for edge in stride(from: cursor + 2, to: cursor + length, by: 4) {
+                        replace(frame.u32(at: edge) &- sackShift, at: edge)
+                    }
+                }
+                cursor += length
+            }
+        }
         frame.setU16(checksum, at: checksumOffset)
     }
 }
