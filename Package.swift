@@ -153,6 +153,8 @@ let package = Package(
         .target(name: "PacketComparison", dependencies: ["Packets"]),
         // The secondary's TCP sequence numbers moved into the primary's space.
         .target(name: "SequenceRewriter", dependencies: ["Packets"]),
+        // Length-prefixed frame records (pcap): the proxyd<->proxyd link, mismatch captures.
+        .target(name: "FrameLink"),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
@@ -228,6 +230,7 @@ let package = Package(
         ]),
         .testTarget(name: "PacketsTests", dependencies: ["Packets"]),
         .testTarget(name: "PacketComparisonTests", dependencies: ["PacketComparison", "Packets"]),
+        .testTarget(name: "FrameLinkTests", dependencies: ["FrameLink"]),
         .testTarget(name: "SequenceRewriterTests", dependencies: ["SequenceRewriter", "PacketComparison", "Packets"]),
     ],
     swiftLanguageModes: [.v6]
