@@ -170,7 +170,9 @@ let package = Package(
         .executableTarget(name: "checkpointd", dependencies: [
             "DaemonRuntime", "Checkpointing", "SharedMemory", "PeerAuthentication",
         ]),
-        .executableTarget(name: "proxyd", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "proxyd", dependencies: [
+            "CSupport", "DaemonRuntime", "Packets", "PacketComparison", "SequenceRewriter", "FrameLink", "PeerAuthentication",
+        ]),
         .executableTarget(name: "blockd", dependencies: [
             "DaemonRuntime", "BlockDevice", "BlockImages", "BlockReplication", "GuestBlockService", "NBD",
             "PeerAuthentication", "ColoProtocol", "ControlSocket",

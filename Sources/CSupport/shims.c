@@ -2,6 +2,8 @@
 #include "CSupport.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <time.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sched.h>
@@ -107,4 +109,12 @@ int colo_available_cpus(void) {
     if (sched_getaffinity(0, sizeof set, &set) != 0) return 1;
     int count = CPU_COUNT(&set);
     return count > 0 ? count : 1;
+}
+
+int colo_poll_ns(struct pollfd *fds, unsigned long count, int64_t timeout_ns)
+{
+    if (timeout_ns < 0)
+        return ppoll(fds, count, NULL, NULL);
+    struct timespec timeout = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
+    return ppoll(fds, count, &timeout, NULL);
 }

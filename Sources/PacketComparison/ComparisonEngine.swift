@@ -53,10 +53,11 @@ public final class ComparisonEngine {
     public var isFull: Bool { heldFrames >= settings.queueLimit }
 
     /// Secondary frames buffered, waiting for their primary counterpart.
-    public var secondaryDepth: Int {
-        streams.values.reduce(0) { $0 + $1.secondaryDepth } + datagrams.values.reduce(0) { $0 + $1.secondaryDepth }
-            + secondaryFragments.count
-    }
+    public var secondaryDepth: Int { secondaryBuffered + secondaryFragments.count }
+    /// The sum of the flows' secondary depths, kept up to date as each
+    /// frame changes one flow (summing every flow per frame would cost
+    /// O(flows)).
+    private var secondaryBuffered = 0
 
     public var flowCount: Int { streams.count + datagrams.count }
 
@@ -218,10 +219,16 @@ public final class ComparisonEngine {
         switch classified {
         case let .tcp(key, segment):
             unit.flow = key
-            stream(key, at: now).primary(unit, segment, engine: self, now: now)
+            let target = stream(key, at: now)
+            let before = target.secondaryDepth
+            target.primary(unit, segment, engine: self, now: now)
+            secondaryBuffered += target.secondaryDepth - before
         case let .datagram(key, content):
             unit.flow = key
-            flow(key, at: now).primary(unit, content: content, engine: self, now: now)
+            let target = flow(key, at: now)
+            let before = target.secondaryDepth
+            target.primary(unit, content: content, engine: self, now: now)
+            secondaryBuffered += target.secondaryDepth - before
         case .fragment:
             preconditionFailure("fragments are reassembled before dispatch")
         }
@@ -230,9 +237,15 @@ public final class ComparisonEngine {
     private func dispatchSecondary(_ frame: [UInt8], _ classified: Classified, at now: UInt64) {
         switch classified {
         case let .tcp(key, segment):
-            stream(key, at: now).secondary(frame, segment, engine: self, now: now)
+            let target = stream(key, at: now)
+            let before = target.secondaryDepth
+            target.secondary(frame, segment, engine: self, now: now)
+            secondaryBuffered += target.secondaryDepth - before
         case let .datagram(key, content):
-            flow(key, at: now).secondary(frame, content: content, engine: self, now: now)
+            let target = flow(key, at: now)
+            let before = target.secondaryDepth
+            target.secondary(frame, content: content, engine: self, now: now)
+            secondaryBuffered += target.secondaryDepth - before
         case .fragment:
             preconditionFailure("fragments are reassembled before dispatch")
         }
@@ -271,13 +284,16 @@ public final class ComparisonEngine {
         heldFrames = 0
         for stream in streams.values { stream.checkpointDone() }
         for flow in datagrams.values { flow.checkpointDone() }
+        secondaryBuffered = 0
         streams = streams.filter { !$0.value.isClosed }
     }
 
     private func forgetIdleFlows(at now: UInt64) {
         let limit = settings.idleFlowTimeout
         streams = streams.filter { _, stream in
-            !(stream.isIdle && (stream.isClosed || now &- stream.lastActivity >= limit))
+            let forget = stream.isIdle && (stream.isClosed || now &- stream.lastActivity >= limit)
+            if forget { secondaryBuffered -= stream.secondaryDepth }
+            return !forget
         }
         datagrams = datagrams.filter { _, flow in !(flow.isIdle && now &- flow.lastActivity >= limit) }
     }

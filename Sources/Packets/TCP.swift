@@ -46,6 +46,22 @@ public struct TCPHeader: Sendable, Equatable {
                          window: bytes.u16(at: offset + 14), payload: offset + headerLength ..< end)
     }
 
+    /// The timestamp option's value and echo reply (RFC 7323), if present.
+    /// The options were validated by ``parse(_:at:end:)``.
+    public func timestamps(in bytes: [UInt8]) -> (value: UInt32, echo: UInt32)? {
+        var cursor = offset + Self.minimumLength
+        let end = offset + headerLength
+        while cursor < end {
+            switch bytes[cursor] {
+            case 0: return nil
+            case 1: cursor += 1
+            case 8: return (bytes.u32(at: cursor + 2), bytes.u32(at: cursor + 6))
+            default: cursor += Int(bytes[cursor + 1])
+            }
+        }
+        return nil
+    }
+
     /// RFC 9293 options: End of Option List and No-Operation are one byte;
     /// others are kind, length, data within the header, with the length the
     /// kind requires for the options whose length is fixed.

@@ -10,8 +10,14 @@ import Packets
 /// SYN/ACK, or the server's SYN/ACK to the primary's SYN): offset = primary
 /// ISN - secondary ISN. From then on the secondary guest's output has
 /// `seq + offset`, and its input `ack - offset` (SACK edges likewise), with
-/// the checksums updated. So the secondary's segments compare directly with
-/// the primary's, and after a failover the clients, who only ever saw the
+/// the checksums updated. TCP timestamps (RFC 7323) get the same treatment:
+/// the two guests' timestamp clocks differ by a little, enough for the
+/// secondary to reject the client's first ACK (its echo predates the
+/// secondary's SYN/ACK) or for the client's PAWS check to drop the
+/// secondary's segments after a failover. The timestamp offset is learned
+/// alongside: the echo in that first acknowledgment is the primary's SYN
+/// timestamp. So the secondary's segments compare directly with the
+/// primary's, and after a failover the clients, who only ever saw the
 /// primary's numbers, keep talking to the secondary unchanged.
 ///
 /// A checkpoint makes the secondary equal to the primary, sequence numbers
@@ -28,8 +34,12 @@ public final class SequenceRewriter {
 
     struct Connection {
         var secondaryISN: UInt32
+        /// The timestamp value of the secondary's SYN, if it sent one.
+        var secondaryTimestamp: UInt32?
         /// Primary minus secondary sequence number; nil until learned.
         var offset: UInt32?
+        /// Primary minus secondary timestamp clock (0 without timestamps).
+        var timestampOffset: UInt32 = 0
         var lastSeen: UInt64
     }
 
@@ -51,14 +61,16 @@ public final class SequenceRewriter {
         let key = ConnectionKey(guest: source, peer: destination, guestPort: tcp.sourcePort, peerPort: tcp.destinationPort)
         if tcp.flags.contains(.syn) && connections[key]?.secondaryISN != tcp.sequence {
             if connections.count >= capacity { evictOldest() }
-            connections[key] = Connection(secondaryISN: tcp.sequence, offset: nil, lastSeen: now)
+            connections[key] = Connection(secondaryISN: tcp.sequence, secondaryTimestamp: tcp.timestamps(in: frame)?.value,
+                                          offset: nil, lastSeen: now)
             return
         }
         guard var connection = connections[key] else { return }
         connection.lastSeen = now
         connections[key] = connection
-        guard let offset = connection.offset, offset != 0 else { return }
-        TCPRewrite.rewrite(&frame, tcp: tcp, sequence: tcp.sequence &+ offset)
+        guard let offset = connection.offset, offset != 0 || connection.timestampOffset != 0 else { return }
+        TCPRewrite.rewrite(&frame, tcp: tcp, sequence: tcp.sequence &+ offset,
+                           timestampValueShift: connection.timestampOffset)
         rewrittenFrames += 1
     }
 
@@ -73,10 +85,14 @@ public final class SequenceRewriter {
         connection.lastSeen = now
         if connection.offset == nil {
             connection.offset = (tcp.acknowledgment &- 1) &- connection.secondaryISN
+            if let secondaryTimestamp = connection.secondaryTimestamp, let echo = tcp.timestamps(in: frame)?.echo {
+                connection.timestampOffset = echo &- secondaryTimestamp
+            }
         }
         connections[key] = connection
-        guard let offset = connection.offset, offset != 0 else { return }
-        TCPRewrite.rewrite(&frame, tcp: tcp, acknowledgment: tcp.acknowledgment &- offset, sackShift: offset)
+        guard let offset = connection.offset, offset != 0 || connection.timestampOffset != 0 else { return }
+        TCPRewrite.rewrite(&frame, tcp: tcp, acknowledgment: tcp.acknowledgment &- offset, sackShift: offset,
+                           timestampEchoShift: connection.timestampOffset)
         rewrittenFrames += 1
     }
 

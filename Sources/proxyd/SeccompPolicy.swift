@@ -1,6 +1,9 @@
 import Sandbox
 
 /// proxyd's seccomp allowlist: the rules common to every daemon (Sandbox's
-/// CommonRules) plus proxyd's own, each with the reason it is needed. proxyd so
-/// far only serves its control socket, which the common rules cover.
+/// CommonRules) and nothing more. proxyd parses what guests and the network
+/// send, so it gets the tightest filter: it only reads, writes, polls and
+/// sends on fds it was handed (tap, frame sockets, the peer link, the event
+/// socket, a capture file) and never opens, connects or accepts anything.
+/// Authentication of the peer link needs randomness (getrandom, common).
 let seccompPolicy = SeccompPolicy(daemon: "proxyd", rules: [])

@@ -70,6 +70,31 @@ final class SequenceRewriterTests: XCTestCase {
         XCTAssertEqual(try tcp(data).sequence, primaryISN &+ 1)
     }
 
+    func testTimestampsMoveToThePrimarysClock() throws {
+        func timestamps(value: UInt32, echo: UInt32) -> [UInt8] {
+            [1, 1, 8, 10] + [value, echo].flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> (24 - 8 * $0)) } }
+        }
+        let rewriter = SequenceRewriter()
+        // The secondary's timestamp clock runs 7 ticks ahead of the primary's.
+        var synAck = fromGuest.tcp(sourcePort: 80, destinationPort: 40000, sequence: secondaryISN,
+                                   acknowledgment: clientISN + 1, flags: [.syn, .ack],
+                                   options: timestamps(value: 1007, echo: 500))
+        rewriter.guestOutput(&synAck, at: 0)
+        var ack = fromClient.tcp(sourcePort: 40000, destinationPort: 80, sequence: clientISN + 1,
+                                 acknowledgment: primaryISN &+ 1, flags: .ack, options: timestamps(value: 501, echo: 1000))
+        rewriter.guestInput(&ack, at: 1)
+        XCTAssertEqual(try tcp(ack).timestamps(in: ack)?.echo, 1007)
+        XCTAssertEqual(try tcp(ack).timestamps(in: ack)?.value, 501)
+        XCTAssertTrue(try checksumValid(ack))
+        var data = fromGuest.tcp(sourcePort: 80, destinationPort: 40000, sequence: secondaryISN + 1,
+                                 acknowledgment: clientISN + 1, flags: .ack, options: timestamps(value: 1010, echo: 501),
+                                 payload: [1])
+        rewriter.guestOutput(&data, at: 2)
+        XCTAssertEqual(try tcp(data).timestamps(in: data)?.value, 1003)
+        XCTAssertEqual(try tcp(data).timestamps(in: data)?.echo, 501)
+        XCTAssertTrue(try checksumValid(data))
+    }
+
     func testSACKEdgesAreRewritten() throws {
         let rewriter = SequenceRewriter()
         var synAck = fromGuest.tcp(sourcePort: 80, destinationPort: 40000, sequence: secondaryISN,

@@ -36,6 +36,7 @@ common = importlib.import_module("colo.control.common_pb2")
 vmmd = importlib.import_module("colo.control.vmmd_pb2")
 block = importlib.import_module("colo.control.block_pb2")
 vmstate = importlib.import_module("colo.control.vmstate_pb2")
+proxyd = importlib.import_module("colo.control.proxyd_pb2")
 
 MAX_DATAGRAM = 64 * 1024
 

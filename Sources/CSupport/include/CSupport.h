@@ -37,6 +37,13 @@ int colo_set_no_new_privs(void);
 /// prctl is variadic. Reads the no_new_privs flag back for status reports.
 int colo_get_no_new_privs(void);
 
+struct pollfd;
+
+/// ppoll is only declared under _GNU_SOURCE. Waits like poll(2) but for
+/// `timeout_ns` nanoseconds (negative: without limit), for precise
+/// per-frame deadlines. Returns as poll does.
+int colo_poll_ns(struct pollfd *fds, unsigned long count, int64_t timeout_ns);
+
 /// memfd_create is only declared under _GNU_SOURCE. Returns the fd or -1.
 int colo_memfd_create(const char *name, unsigned int flags);
 

@@ -249,6 +249,46 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .blockdStatus(newValue)}
   }
 
+  public var proxyAttach: ColoProxyAttach {
+    get {
+      if case .proxyAttach(let v)? = body {return v}
+      return ColoProxyAttach()
+    }
+    set {body = .proxyAttach(newValue)}
+  }
+
+  public var proxyCheckpointDone: ColoProxyCheckpointDone {
+    get {
+      if case .proxyCheckpointDone(let v)? = body {return v}
+      return ColoProxyCheckpointDone()
+    }
+    set {body = .proxyCheckpointDone(newValue)}
+  }
+
+  public var proxyPassThrough: ColoProxyPassThrough {
+    get {
+      if case .proxyPassThrough(let v)? = body {return v}
+      return ColoProxyPassThrough()
+    }
+    set {body = .proxyPassThrough(newValue)}
+  }
+
+  public var proxyCounters: ColoProxyCountersRequest {
+    get {
+      if case .proxyCounters(let v)? = body {return v}
+      return ColoProxyCountersRequest()
+    }
+    set {body = .proxyCounters(newValue)}
+  }
+
+  public var proxyCapture: ColoProxyCapture {
+    get {
+      if case .proxyCapture(let v)? = body {return v}
+      return ColoProxyCapture()
+    }
+    set {body = .proxyCapture(newValue)}
+  }
+
   public var hostStatus: ColoHostStatusRequest {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -285,6 +325,11 @@ public nonisolated struct ColoRequest: Sendable {
     case blockdFailover(ColoBlockdFailoverRequest)
     case blockdServeNbd(ColoBlockdServeNbdRequest)
     case blockdStatus(ColoBlockdStatusRequest)
+    case proxyAttach(ColoProxyAttach)
+    case proxyCheckpointDone(ColoProxyCheckpointDone)
+    case proxyPassThrough(ColoProxyPassThrough)
+    case proxyCounters(ColoProxyCountersRequest)
+    case proxyCapture(ColoProxyCapture)
     case hostStatus(ColoHostStatusRequest)
 
   }
@@ -448,6 +493,14 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .blockdStatus(newValue)}
   }
 
+  public var proxyCounters: ColoProxyCounters {
+    get {
+      if case .proxyCounters(let v)? = body {return v}
+      return ColoProxyCounters()
+    }
+    set {body = .proxyCounters(newValue)}
+  }
+
   public var hostStatus: ColoHostStatus {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -477,6 +530,7 @@ public nonisolated struct ColoResponse: Sendable {
     case checkpointStatus(ColoCheckpointStatus)
     case blockdDisk(ColoBlockdDiskInfo)
     case blockdStatus(ColoBlockdStatus)
+    case proxyCounters(ColoProxyCounters)
     case hostStatus(ColoHostStatus)
 
   }
@@ -490,7 +544,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{4}`\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{4}`\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -734,6 +788,71 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.body = .checkpointStatus(v)
         }
       }()
+      case 300: try {
+        var v: ColoProxyAttach?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proxyAttach(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proxyAttach(v)
+        }
+      }()
+      case 301: try {
+        var v: ColoProxyCheckpointDone?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proxyCheckpointDone(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proxyCheckpointDone(v)
+        }
+      }()
+      case 302: try {
+        var v: ColoProxyPassThrough?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proxyPassThrough(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proxyPassThrough(v)
+        }
+      }()
+      case 303: try {
+        var v: ColoProxyCountersRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proxyCounters(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proxyCounters(v)
+        }
+      }()
+      case 304: try {
+        var v: ColoProxyCapture?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proxyCapture(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proxyCapture(v)
+        }
+      }()
       case 400: try {
         var v: ColoBlockdOpenDiskRequest?
         var hadOneofValue = false
@@ -927,6 +1046,26 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .checkpointStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 204)
     }()
+    case .proxyAttach?: try {
+      guard case .proxyAttach(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 300)
+    }()
+    case .proxyCheckpointDone?: try {
+      guard case .proxyCheckpointDone(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 301)
+    }()
+    case .proxyPassThrough?: try {
+      guard case .proxyPassThrough(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 302)
+    }()
+    case .proxyCounters?: try {
+      guard case .proxyCounters(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 303)
+    }()
+    case .proxyCapture?: try {
+      guard case .proxyCapture(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 304)
+    }()
     case .blockdOpenDisk?: try {
       guard case .blockdOpenDisk(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 400)
@@ -975,7 +1114,7 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}\u{9}vm_paused\0\u{3}vm_resumed\0\u{3}vm_dirty_log\0\u{3}vm_state_saved\0\u{3}vm_state_loaded\0\u{3}vm_guest_memory\0\u{4}U\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{4}D\u{3}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}\u{9}vm_paused\0\u{3}vm_resumed\0\u{3}vm_dirty_log\0\u{3}vm_state_saved\0\u{3}vm_state_loaded\0\u{3}vm_guest_memory\0\u{4}U\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{4}`\u{1}proxy_counters\0\u{4}d\u{1}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1193,6 +1332,19 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .checkpointStatus(v)
         }
       }()
+      case 300: try {
+        var v: ColoProxyCounters?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proxyCounters(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proxyCounters(v)
+        }
+      }()
       case 400: try {
         var v: ColoBlockdDiskInfo?
         var hadOneofValue = false
@@ -1312,6 +1464,10 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .checkpointStatus?: try {
       guard case .checkpointStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 204)
+    }()
+    case .proxyCounters?: try {
+      guard case .proxyCounters(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 300)
     }()
     case .blockdDisk?: try {
       guard case .blockdDisk(let v)? = self.body else { preconditionFailure() }

@@ -1,0 +1,408 @@
+import ColoProtocol
+internal import CSupport
+import FrameLink
+import Glibc
+import Logging
+import PacketComparison
+import Packets
+import PeerAuthentication
+import SequenceRewriter
+import Synchronization
+
+/// Everything the datapath is started with (from `ProxyAttach`).
+struct DatapathConfiguration {
+    var role: ColoProxyRole
+    var external: Int32?
+    var guest: Int32
+    var peer: Int32?
+    var events: Int32?
+    var settings: ComparisonSettings
+    var guestMAC: MACAddress?
+    var guestAddresses: [IPAddress]
+}
+
+/// The thread that moves every frame. One loop, one thread: the comparison
+/// engine, the rewriter and the fds are touched by nobody else, and control
+/// requests reach it through the `Mailbox`.
+///
+///     primary:      external -> guest, and -> peer (mirror)
+///                   guest -> engine (held);  peer -> engine (secondary's output)
+///                   engine -> external (released), -> events (checkpoint requests)
+///     secondary:    peer -> rewriter (ack) -> guest
+///                   guest -> rewriter (seq) -> peer
+///     pass-through: external <-> guest (through the rewriter on a former secondary)
+final class Datapath: @unchecked Sendable {
+    /// Frames taken from one fd per loop turn, so no source starves another.
+    static let batch = 64
+
+    private var role: ColoProxyRole
+    private let external: FramePort?
+    private var guest: FramePort?
+    private let peerFd: Int32?
+    private var link: PeerLink?
+    private let events: Int32?
+    private let engine: ComparisonEngine
+    /// The secondary's rewriter; kept in the path after a failover.
+    private var rewriter: SequenceRewriter?
+    private let guestMAC: MACAddress?
+    private let guestAddresses: [IPAddress]
+    private var capture: Int32?
+    private let key: PeerKey?
+    let mailbox = Mailbox()
+    private let logger: Logger
+    let state = Mutex<String>("authenticating")
+    private var inbound: UInt64 = 0
+    private var outbound: UInt64 = 0
+    private var announcements: UInt64 = 0
+    private var running = true
+
+    init(_ configuration: DatapathConfiguration, key: PeerKey?, logger: Logger) {
+        role = configuration.role
+        external = configuration.external.map { FramePort(fd: $0, name: "external") }
+        guest = FramePort(fd: configuration.guest, name: "guest")
+        peerFd = configuration.peer
+        events = configuration.events
+        engine = ComparisonEngine(settings: configuration.settings)
+        rewriter = configuration.role == .secondary ? SequenceRewriter() : nil
+        guestMAC = configuration.guestMAC
+        guestAddresses = configuration.guestAddresses
+        self.key = key
+        self.logger = logger
+    }
+
+    func run() {
+        if let peerFd, let key {
+            do {
+                link = try PeerLink(fd: peerFd, role: role == .primary ? .initiator : .responder, key: key)
+                logger.info("peer link authenticated", metadata: ["event": "peer_link_up", "role": "\(role)"])
+            } catch {
+                close(peerFd)
+                linkLost("authentication: \(error)")
+            }
+        }
+        setState()
+        logger.info("datapath running", metadata: ["event": "datapath_running", "role": "\(role)"])
+        while running { turn() }
+    }
+
+    // MARK: - The loop
+
+    private func turn() {
+        var fds = [pollfd(fd: mailbox.wakeFd, events: Int16(POLLIN), revents: 0)]
+        var guestIndex = -1, linkIndex = -1, externalIndex = -1
+        if let guest, !(role == .primary && engine.isFull) {
+            guestIndex = fds.count
+            fds.append(pollfd(fd: guest.fd, events: Int16(POLLIN), revents: 0))
+        }
+        if let link {
+            linkIndex = fds.count
+            fds.append(pollfd(fd: link.fd, events: Int16(POLLIN), revents: 0))
+        }
+        if let external, role != .secondary {
+            externalIndex = fds.count
+            fds.append(pollfd(fd: external.fd, events: Int16(POLLIN), revents: 0))
+        }
+        var timeout: Int64 = -1
+        if role == .primary, let deadline = engine.nextDeadline {
+            let now = monotonicNanoseconds()
+            timeout = deadline > now ? Int64(deadline - now) : 0
+        }
+        let result = colo_poll_ns(&fds, UInt(fds.count), timeout)
+        if result < 0 && errno != EINTR {
+            logger.critical("ppoll failed: \(String(cString: strerror(errno)))", metadata: ["event": "datapath_failed"])
+            stop()
+            return
+        }
+        let ready = { (index: Int) in index >= 0 && fds[index].revents != 0 }
+        if ready(guestIndex) { readGuest() }
+        if ready(linkIndex) { readLink() }
+        if ready(externalIndex) { readExternal() }
+        if fds[0].revents != 0 { mailbox.serve(execute) }
+        if role == .primary {
+            engine.advance(to: monotonicNanoseconds())
+            drainEngine()
+        }
+        flushLink()
+    }
+
+    private func readGuest() {
+        guard let port = guest else { return }
+        for _ in 0..<Self.batch {
+            switch port.read() {
+            case .empty: return
+            case let .closed(reason):
+                logger.error("guest side closed: \(reason)", metadata: ["event": "guest_closed"])
+                port.close()
+                guest = nil
+                setState()
+                return
+            case var .frame(frame):
+                let now = monotonicNanoseconds()
+                switch role {
+                case .primary:
+                    engine.primaryFrame(frame, at: now)
+                    if engine.isFull { return }
+                case .secondary:
+                    rewriter?.guestOutput(&frame, at: now)
+                    link?.queue(frame, timestamp: wallClockNanoseconds())
+                default:
+                    rewriter?.guestOutput(&frame, at: now)
+                    writeExternal(frame)
+                }
+            }
+        }
+    }
+
+    private func readExternal() {
+        guard let port = external else { return }
+        for _ in 0..<Self.batch {
+            switch port.read() {
+            case .empty: return
+            case let .closed(reason):
+                logger.error("external side failed: \(reason)", metadata: ["event": "external_closed"])
+                stop()
+                return
+            case var .frame(frame):
+                inbound += 1
+                if role == .primary { link?.queue(frame, timestamp: wallClockNanoseconds()) }
+                rewriter?.guestInput(&frame, at: monotonicNanoseconds())
+                writeGuest(frame)
+            }
+        }
+    }
+
+    private func readLink() {
+        guard let link else { return }
+        do {
+            try link.receive { record in
+                switch (role, record) {
+                case (.primary, let .frame(frame, _)):
+                    engine.secondaryFrame(frame, at: monotonicNanoseconds())
+                case (.primary, .checkpointMark):
+                    engine.secondaryCheckpointMark()
+                case (.secondary, .frame(var frame, _)):
+                    inbound += 1
+                    rewriter?.guestInput(&frame, at: monotonicNanoseconds())
+                    writeGuest(frame)
+                default:
+                    break
+                }
+            }
+        } catch {
+            dropLink(error.description)
+        }
+    }
+
+    private func drainEngine() {
+        engine.drainOutputs { output in
+            switch output {
+            case let .release(frame):
+                writeExternal(frame)
+            case let .checkpoint(request):
+                sendCheckpointRequest(request)
+            case let .mismatch(primary, secondary):
+                guard let capture else { return }
+                var records: [UInt8] = []
+                let now = wallClockNanoseconds()
+                for frame in primary + (secondary.map { [$0] } ?? []) {
+                    FrameStream.appendRecord(frame, timestamp: now, to: &records)
+                }
+                writeAll(capture, records)
+            }
+        }
+    }
+
+    private func writeExternal(_ frame: [UInt8]) {
+        guard let external else { return }
+        outbound += 1
+        if !external.write(frame) {
+            logger.error("external side write failed", metadata: ["event": "external_closed"])
+            stop()
+        }
+    }
+
+    private func writeGuest(_ frame: [UInt8]) {
+        guard let port = guest else { return }
+        if !port.write(frame) {
+            logger.error("guest side write failed", metadata: ["event": "guest_closed"])
+            port.close()
+            guest = nil
+            setState()
+        }
+    }
+
+    private func flushLink() {
+        guard let link else { return }
+        do {
+            try link.flush()
+        } catch {
+            dropLink(error.description)
+        }
+    }
+
+    private func dropLink(_ reason: String) {
+        link?.close()
+        link = nil
+        linkLost(reason)
+    }
+
+    private func linkLost(_ reason: String) {
+        logger.error("peer link lost: \(reason)", metadata: ["event": "peer_link_lost", "reason": "\(reason)"])
+        var event = ColoProxyEvent()
+        event.linkLost.reason = reason
+        sendEvent(event)
+        setState()
+    }
+
+    private func sendCheckpointRequest(_ request: CheckpointRequest) {
+        logger.info("checkpoint requested: \(request.reason) \(request.flow)", metadata: [
+            "event": "checkpoint_requested", "reason": "\(request.reason)", "protocol": "\(request.flowProtocol)",
+        ])
+        var event = ColoProxyEvent()
+        event.checkpointRequest.reason = switch request.reason {
+        case .mismatch: .mismatch
+        case .expired: .expired
+        case .queueFull: .queueFull
+        }
+        event.checkpointRequest.protocol = ColoProxyProtocol(request.flowProtocol)
+        event.checkpointRequest.connection = request.flow
+        event.checkpointRequest.monotonicNs = request.time
+        sendEvent(event)
+    }
+
+    private func sendEvent(_ event: ColoProxyEvent) {
+        guard let events, let bytes: [UInt8] = try? event.serializedBytes() else { return }
+        let sent = bytes.withUnsafeBytes { send(events, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+        if sent < 0 {
+            logger.error("event not delivered: \(String(cString: strerror(errno)))", metadata: ["event": "event_lost"])
+        }
+    }
+
+    // MARK: - Commands
+
+    private func execute(_ command: DatapathCommand) -> Mailbox.Answer {
+        let now = monotonicNanoseconds()
+        switch command {
+        case .checkpointDone:
+            switch role {
+            case .primary:
+                engine.checkpointDone(at: now)
+                drainEngine()
+            case .secondary:
+                rewriter?.checkpointDone()
+                link?.queueCheckpointMark(timestamp: wallClockNanoseconds())
+                flushLink()
+            default:
+                break
+            }
+            logger.info("checkpoint done", metadata: ["event": "checkpoint_done", "role": "\(role)"])
+        case .passThrough:
+            guard external != nil else {
+                return .failure(.init(code: .failedPrecondition, message: "no external interface was attached"))
+            }
+            let former = role
+            if role == .primary {
+                engine.releaseAll(at: now)
+                drainEngine()
+            }
+            link?.close()
+            link = nil
+            role = .passThrough
+            if former == .secondary { announce() }
+            setState()
+            logger.notice("pass-through", metadata: ["event": "pass_through", "former_role": "\(former)"])
+        case let .capture(fd):
+            if let capture { close(capture) }
+            capture = fd
+            if let fd { writeAll(fd, FrameStream.header()) }
+            logger.info(fd == nil ? "capture stopped" : "capturing mismatches", metadata: ["event": "capture"])
+        case .counters:
+            break
+        }
+        return .success(counters())
+    }
+
+    private func announce() {
+        guard let guestMAC else { return }
+        for address in guestAddresses {
+            writeExternal(address.isIPv4 ? AddressAnnouncement.gratuitousARP(mac: guestMAC, address: address)
+                          : AddressAnnouncement.unsolicitedNeighborAdvertisement(mac: guestMAC, address: address))
+            announcements += 1
+        }
+        logger.notice("announced \(guestAddresses.count) addresses", metadata: ["event": "addresses_announced"])
+    }
+
+    private func counters() -> ColoProxyCounters {
+        let engineCounters = engine.counters
+        var reply = ColoProxyCounters()
+        reply.role = role
+        reply.state = state.withLock { $0 }
+        reply.protocols = FlowProtocol.allCases.map { flowProtocol in
+            var entry = ColoProxyProtocolCounters()
+            entry.protocol = ColoProxyProtocol(flowProtocol)
+            entry.matched = engineCounters.matched[flowProtocol.rawValue]
+            entry.mismatched = engineCounters.mismatched[flowProtocol.rawValue]
+            entry.expired = engineCounters.expired[flowProtocol.rawValue]
+            return entry
+        }
+        reply.heldFrames = UInt64(engine.heldFrames)
+        reply.secondaryQueueDepth = UInt64(engine.secondaryDepth)
+        reply.releasedByCheckpoint = engineCounters.releasedByCheckpoint
+        reply.checkpointsRequested = engineCounters.checkpointsRequested
+        reply.checkpointsDone = engineCounters.checkpointsDone
+        reply.secondaryDiscarded = engineCounters.secondaryDiscarded
+        reply.malformedFrames = engineCounters.malformed
+        reply.heldTimeHistogramUs = engineCounters.heldTimeHistogram
+        reply.inboundFrames = inbound
+        reply.outboundFrames = outbound
+        reply.rewrittenFrames = rewriter?.rewrittenFrames ?? 0
+        reply.announcementsSent = announcements
+        reply.capturing = capture != nil
+        reply.undeliverableFrames = (external?.undeliverable ?? 0) + (guest?.undeliverable ?? 0)
+        reply.oversizedFrames = (external?.oversized ?? 0) + (guest?.oversized ?? 0)
+        return reply
+    }
+
+    private func setState() {
+        let word: String
+        if guest == nil {
+            word = "guest-closed"
+        } else if role != .passThrough && link == nil {
+            word = "link-failed"
+        } else {
+            word = role == .passThrough ? "pass-through" : "running"
+        }
+        state.withLock { $0 = word }
+    }
+
+    private func stop() {
+        running = false
+        state.withLock { $0 = "stopped" }
+        mailbox.close()
+    }
+
+    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if written < 0 && errno == EINTR { continue }
+            guard written > 0 else {
+                logger.error("capture write failed", metadata: ["event": "capture_failed"])
+                return
+            }
+            offset += written
+        }
+    }
+}
+
+extension ColoProxyProtocol {
+    init(_ flowProtocol: FlowProtocol) {
+        self = switch flowProtocol {
+        case .tcp: .tcp
+        case .udp: .udp
+        case .icmp: .icmp
+        case .arp: .arp
+        case .other: .other
+        }
+    }
+}

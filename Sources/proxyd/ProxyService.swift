@@ -1,0 +1,163 @@
+import ColoProtocol
+import ControlSocket
+import DaemonRuntime
+import Glibc
+import Logging
+import PacketComparison
+import Packets
+import PeerAuthentication
+import Synchronization
+import SystemPackage
+
+/// proxyd's control requests: attach once (fds and role), then checkpoint
+/// done, pass-through, counters and capture, each carried out by the
+/// datapath thread and answered with the counters.
+final class ProxyService: DaemonService {
+    private let key: PeerKey?
+    private let logger: Logger
+    private let datapath = Mutex<Datapath?>(nil)
+
+    init(key: PeerKey?, logger: Logger) {
+        self.key = key
+        self.logger = logger
+    }
+
+    var state: String {
+        datapath.withLock { $0?.state.withLock { $0 } } ?? "detached"
+    }
+
+    func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) -> ControlReply? {
+        switch body {
+        case let .proxyAttach(attach):
+            return self.attach(attach, fds: context.fds)
+        case .proxyCheckpointDone:
+            context.fds.forEach { try? $0.close() }
+            return call(.checkpointDone)
+        case .proxyPassThrough:
+            context.fds.forEach { try? $0.close() }
+            return call(.passThrough)
+        case .proxyCounters:
+            context.fds.forEach { try? $0.close() }
+            return call(.counters)
+        case let .proxyCapture(capture):
+            guard capture.hasFile else {
+                context.fds.forEach { try? $0.close() }
+                return call(.capture(nil))
+            }
+            guard Int(capture.file.index) < context.fds.count else {
+                context.fds.forEach { try? $0.close() }
+                return .error(.missingFd, "capture names fd \(capture.file.index), the request carries \(context.fds.count)")
+            }
+            let fd = context.fds[Int(capture.file.index)]
+            context.fds.filter { $0 != fd }.forEach { try? $0.close() }
+            let reply = call(.capture(fd.rawValue))
+            if case .error = reply.body { try? fd.close() }
+            return reply
+        default:
+            return nil
+        }
+    }
+
+    private func call(_ command: DatapathCommand) -> ControlReply {
+        guard let datapath = datapath.withLock({ $0 }) else {
+            return .error(.failedPrecondition, "proxyd is not attached")
+        }
+        switch datapath.mailbox.call(command) {
+        case let .success(counters): return ControlReply(.proxyCounters(counters))
+        case let .failure(error): return .error(error.code, error.message)
+        }
+    }
+
+    private func attach(_ request: ColoProxyAttach, fds: [FileDescriptor]) -> ControlReply {
+        var used: Set<Int> = []
+        func closeUnused() {
+            for (index, fd) in fds.enumerated() where !used.contains(index) { try? fd.close() }
+        }
+        func fail(_ code: ColoErrorCode, _ message: String) -> ControlReply {
+            used.removeAll()
+            closeUnused()
+            return .error(code, message)
+        }
+        func fd(_ present: Bool, _ reference: ColoFdRef, _ name: String, required: Bool) throws(AttachError) -> Int32? {
+            guard present else {
+                if required { throw AttachError(code: .invalidArgument, message: "\(name) fd is required for this role") }
+                return nil
+            }
+            let index = Int(reference.index)
+            guard index < fds.count else {
+                throw AttachError(code: .missingFd, message: "\(name) names fd \(index), the request carries \(fds.count)")
+            }
+            guard used.insert(index).inserted else {
+                throw AttachError(code: .invalidArgument, message: "\(name) reuses fd \(index)")
+            }
+            return fds[index].rawValue
+        }
+
+        let configuration: DatapathConfiguration
+        do throws(AttachError) {
+            let role = request.role
+            guard [.primary, .secondary, .passThrough].contains(role) else {
+                throw AttachError(code: .invalidArgument, message: "role must be primary, secondary or pass-through")
+            }
+            let compares = role == .primary
+            let linked = role != .passThrough
+            let external = try fd(request.hasExternal, request.external, "external", required: role != .secondary)
+            let guest = try fd(request.hasGuest, request.guest, "guest", required: true)!
+            let peer = try fd(request.hasPeer, request.peer, "peer", required: linked)
+            let events = try fd(request.hasEvents, request.events, "events", required: compares)
+            if linked && key == nil {
+                throw AttachError(code: .failedPrecondition, message: "a peer link needs the key: start proxyd with --peer-key")
+            }
+            var mac: MACAddress?
+            if !request.guestMac.isEmpty {
+                guard let parsed = MACAddress(request.guestMac) else {
+                    throw AttachError(code: .invalidArgument, message: "guest_mac '\(request.guestMac)' is not a MAC address")
+                }
+                mac = parsed
+            }
+            var addresses: [IPAddress] = []
+            for text in request.guestAddresses {
+                guard let address = IPAddress(text) else {
+                    throw AttachError(code: .invalidArgument, message: "guest address '\(text)' is not an IP address")
+                }
+                addresses.append(address)
+            }
+            if compares && request.compareTimeoutMs == 0 {
+                throw AttachError(code: .invalidArgument, message: "compare_timeout_ms must be at least 1")
+            }
+            let timeout = UInt64(request.compareTimeoutMs) * 1_000_000
+            let limit = request.queueLimit == 0 ? 4096 : Int(request.queueLimit)
+            configuration = DatapathConfiguration(
+                role: role, external: external, guest: guest, peer: peer, events: events,
+                settings: ComparisonSettings(compareTimeout: timeout, queueLimit: limit),
+                guestMAC: mac, guestAddresses: addresses)
+        } catch {
+            return fail(error.code, error.message)
+        }
+
+        let created = Datapath(configuration, key: key, logger: logger)
+        let installed = datapath.withLock { current in
+            guard current == nil else { return false }
+            current = created
+            return true
+        }
+        guard installed else { return fail(.failedPrecondition, "proxyd is attached already") }
+        closeUnused()
+        logger.info("attached", metadata: [
+            "event": "attached", "role": "\(request.role)", "compare_timeout_ms": "\(request.compareTimeoutMs)",
+            "queue_limit": "\(configuration.settings.queueLimit)",
+        ])
+        spawnThread(name: "datapath") { created.run() }
+        // Not through the mailbox: the datapath may spend seconds
+        // authenticating the link first. Later requests show its progress.
+        var counters = ColoProxyCounters()
+        counters.role = request.role
+        counters.state = created.state.withLock { $0 }
+        return ControlReply(.proxyCounters(counters))
+    }
+
+    private struct AttachError: Error {
+        let code: ColoErrorCode
+        let message: String
+    }
+}

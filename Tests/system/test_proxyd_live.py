@@ -1,0 +1,172 @@
+"""proxyd live, between real kernel TCP stacks in network namespaces: a
+client talks through the primary proxyd to a "primary" and a "secondary"
+server (two namespaces with the same address and MAC, different ISNs), as
+it would to a COLO pair of guests. The test plays supervisord: it holds the
+event socket and says "checkpoint done"."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+
+import pytest
+
+import proxyd_pair
+from proxyd_pair import GuestPair, protocol_counters, read_events
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                       reason="systemd-socket-activate is not installed"),
+]
+
+PORT = 7000
+
+
+class Server:
+    """A line server in a namespace: answers "answer:<line>" (or, when
+    `diverge` is set, something else), in `chunks` writes."""
+
+    def __init__(self, ns, chunks: int = 1):
+        self.listener = ns.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("10.77.70.2", PORT))
+        self.listener.listen()
+        self.chunks = chunks
+        self.diverge = False
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = b""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                conn.close()
+                return
+            buffer += data
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                reply = (b"different:" if self.diverge else b"answer:") + line + b"\n"
+                step = max(1, len(reply) // self.chunks)
+                for start in range(0, len(reply), step):
+                    conn.sendall(reply[start:start + step])
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.connections:
+            conn.close()
+
+
+@pytest.fixture
+def pair():
+    with GuestPair(timeout_ms=300) as p:
+        p.primary_server = Server(p.primary_guest)
+        p.secondary_server = Server(p.secondary_guest, chunks=3)   # cuts its answers differently
+        yield p
+        p.primary_server.close()
+        p.secondary_server.close()
+
+
+def request(conn: socket.socket, line: bytes, timeout: float = 5.0) -> bytes:
+    conn.settimeout(timeout)
+    conn.sendall(line + b"\n")
+    answer = b""
+    while not answer.endswith(b"\n"):
+        data = conn.recv(65536)
+        assert data, "connection closed"
+        answer += data
+    return answer
+
+
+def test_same_answers_pass_without_a_checkpoint(pair):
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    for index in range(20):
+        payload = b"request-%d-" % index + b"x" * (index * 97)
+        assert request(conn, payload) == b"answer:" + payload + b"\n"
+    conn.close()
+    assert read_events(pair.events, 0.5) == []
+    counters = pair.primary.counters()
+    tcp = protocol_counters(counters, "tcp")
+    assert tcp.matched >= 20 and tcp.mismatched == 0 and tcp.expired == 0, counters
+    assert counters.checkpoints_requested == 0
+    assert sum(counters.held_time_histogram_us) >= tcp.matched
+    # The secondary's ISN differed: its output was rewritten.
+    assert pair.secondary.counters().rewritten_frames > 0
+
+
+def test_divergent_answer_requests_a_checkpoint_then_primary_answer_is_released(pair, tmp_path):
+    capture_path = tmp_path / "mismatches.pcap"
+    capture_fd = os.open(capture_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    capture = proxyd_pair.P.ProxyCapture()
+    capture.file.index = 0
+    try:
+        assert pair.primary.call([capture_fd], proxy_capture=capture).proxy_counters.capturing
+    finally:
+        os.close(capture_fd)
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    assert request(conn, b"hello") == b"answer:hello\n"
+    pair.secondary_server.diverge = True
+    conn.sendall(b"second\n")
+    events = read_events(pair.events, 0.3 + 1.0)
+    assert [e.WhichOneof("body") for e in events] == ["checkpoint_request"], events
+    checkpoint = events[0].checkpoint_request
+    assert checkpoint.reason == proxyd_pair.P.PROXY_CHECKPOINT_REASON_MISMATCH, \
+        (checkpoint, pair.primary.counters(), pair.primary.output())
+    assert checkpoint.protocol == proxyd_pair.P.PROXY_PROTOCOL_TCP
+    assert "10.77.70.2:7000" in checkpoint.connection
+    # Held: the client has not seen the primary's answer yet.
+    conn.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        conn.recv(100)
+    pair.checkpoint_done()
+    conn.settimeout(5)
+    assert conn.recv(100) == b"answer:second\n"
+    counters = pair.primary.counters()
+    assert protocol_counters(counters, "tcp").mismatched == 1
+    assert counters.checkpoints_done == 1 and counters.released_by_checkpoint >= 1
+    conn.close()
+    # The mismatching frames, as tshark reads them: the primary's answer and
+    # the secondary's different one.
+    assert not pair.primary.call(proxy_capture={}).proxy_counters.capturing
+    shown = subprocess.run(["tshark", "-r", str(capture_path), "-T", "fields", "-e", "tcp.payload"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert b"answer:second\n".hex() in shown
+    assert any(bytes.fromhex(p).startswith(b"diff") for p in shown), shown
+
+
+def test_secondary_takes_over_the_clients_connection(pair):
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    for index in range(5):
+        assert request(conn, b"before-%d" % index) == b"answer:before-%d\n" % index
+    # The primary host is lost: its proxyd and its guest go away.
+    pair.primary.daemon.close()
+    pair.primary_server.close()
+    pair.primary_link.close()
+    reply = pair.secondary.call(proxy_pass_through={})
+    assert reply.WhichOneof("body") == "proxy_counters", reply
+    assert reply.proxy_counters.announcements_sent == 1
+    assert reply.proxy_counters.state == "pass-through"
+    # The same connection, now answered by the secondary (which cuts its
+    # answers in three): sequence numbers rewritten into the primary's space.
+    for index in range(5):
+        assert request(conn, b"after-%d" % index, timeout=10) == b"answer:after-%d\n" % index
+    assert pair.secondary.counters().rewritten_frames > 0
+    conn.close()
