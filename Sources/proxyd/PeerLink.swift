@@ -47,7 +47,7 @@ final class PeerLink {
             }
         }
         while offset < outgoing.count {
-            let sent = outgoing[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let sent = outgoing[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0x4000 /* MSG_NOSIGNAL */) }
             if sent >= 0 {
                 offset += sent
                 continue
@@ -66,7 +66,7 @@ final class PeerLink {
     /// Reads what has arrived and hands each complete record to `body`.
     func receive(_ body: (FrameRecord) -> Void) throws(LinkFailure) {
         while true {
-            let count = receiveBuffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            let count = receiveBuffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0x40 /* MSG_DONTWAIT */) }
             if count == 0 { throw LinkFailure("peer link closed by the peer") }
             if count < 0 {
                 if errno == EINTR { continue }
