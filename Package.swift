@@ -194,6 +194,7 @@ let package = Package(
         .executableTarget(name: "colobench", dependencies: [
             "ColoProtocol", "ControlSocket", "SharedMemory", "BlockDevice", "BlockImages", "BlockReplication", "NBD",
             "Checkpointing", "PeerAuthentication", "VirtualMachine", "KVM",
+            "Packets", "PacketComparison", "SequenceRewriter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -8,5 +8,5 @@ struct Colobench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "colobench",
         abstract: "Benchmarks of the COLO daemons, each beside a baseline measured in the same run.",
-        subcommands: [IPCBenchmark.self, NBDBenchmark.self, CheckpointBenchmark.self, VMStateBenchmark.self])
+        subcommands: [IPCBenchmark.self, NBDBenchmark.self, CheckpointBenchmark.self, VMStateBenchmark.self, ProxyBenchmark.self])
 }

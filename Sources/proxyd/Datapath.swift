@@ -39,7 +39,7 @@ final class Datapath: @unchecked Sendable {
     private let external: FramePort?
     private var guest: FramePort?
     private let peerFd: Int32?
-    private var link: PeerLink?
+    private var link: PeerFrameLink?
     private let events: Int32?
     private let engine: ComparisonEngine
     /// The secondary's rewriter; kept in the path after a failover.
@@ -73,7 +73,7 @@ final class Datapath: @unchecked Sendable {
     func run() {
         if let peerFd, let key {
             do {
-                link = try PeerLink(fd: peerFd, role: role == .primary ? .initiator : .responder, key: key)
+                link = try PeerFrameLink(fd: peerFd, role: role == .primary ? .initiator : .responder, key: key)
                 logger.info("peer link authenticated", metadata: ["event": "peer_link_up", "role": "\(role)"])
             } catch {
                 close(peerFd)

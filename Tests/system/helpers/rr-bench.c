@@ -17,7 +17,9 @@
  * Latency of a request is measured from its scheduled send time to the end
  * of its answer, so a stalled path shows as latency, not as fewer requests.
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <poll.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -128,21 +130,22 @@ int main(int argc, char **argv)
                     die("write");
                 sent++;
             }
-            /* Wait for answers until the next send is due. */
+            /* Wait for answers until the next send is due (ppoll: exact to
+             * the microsecond, where SO_RCVTIMEO rounds up to a jiffy). */
             uint64_t next = sent < count ? start + sent * interval : now + 1000000000u;
-            struct timeval tv = {0, 0};
+            struct timespec wait = {0, 0};
             if (next > now) {
-                tv.tv_sec = (time_t)((next - now) / 1000000000u);
-                tv.tv_usec = (suseconds_t)((next - now) % 1000000000u / 1000);
+                wait.tv_sec = (time_t)((next - now) / 1000000000u);
+                wait.tv_nsec = (long)((next - now) % 1000000000u);
             }
-            setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-            if (tv.tv_sec == 0 && tv.tv_usec == 0)
+            struct pollfd entry = {.fd = s, .events = POLLIN};
+            if (ppoll(&entry, 1, &wait, NULL) <= 0)
                 continue;
             ssize_t n = read(s, buffer + size, sizeof buffer - size);
             if (n == 0)
                 die("closed");
             if (n < 0) {
-                if (errno == EAGAIN || errno == EINTR)
+                if (errno == EINTR)
                     continue;
                 die("read");
             }

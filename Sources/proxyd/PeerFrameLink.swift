@@ -1,3 +1,4 @@
+internal import CSupport
 import FrameLink
 import Glibc
 import PeerAuthentication
@@ -5,7 +6,7 @@ import PeerAuthentication
 /// The TCP connection to the other host's proxyd, once authenticated: a
 /// frame stream each way (FrameLink). Outgoing records are gathered in a
 /// buffer and sent once per loop turn, so a burst of frames costs one send.
-final class PeerLink {
+final class PeerFrameLink {
     static let channel = "proxyd-frames"
 
     let fd: Int32
@@ -46,8 +47,9 @@ final class PeerLink {
                 outgoing.removeFirst(offset)
             }
         }
+        let flags = Int32(MSG_NOSIGNAL)
         while offset < outgoing.count {
-            let sent = outgoing[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0x4000 /* MSG_NOSIGNAL */) }
+            let sent = outgoing[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, flags) }
             if sent >= 0 {
                 offset += sent
                 continue
@@ -65,8 +67,9 @@ final class PeerLink {
 
     /// Reads what has arrived and hands each complete record to `body`.
     func receive(_ body: (FrameRecord) -> Void) throws(LinkFailure) {
+        let flags = Int32(MSG_DONTWAIT)
         while true {
-            let count = receiveBuffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0x40 /* MSG_DONTWAIT */) }
+            let count = receiveBuffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, flags) }
             if count == 0 { throw LinkFailure("peer link closed by the peer") }
             if count < 0 {
                 if errno == EINTR { continue }
