@@ -70,6 +70,8 @@ public final class PrimaryReplicator: @unchecked Sendable {
         var progress = Progress()
         var passStart: UInt64 = 0
         var passBytes: UInt64 = 0
+        /// Pages workers have claimed and not finished sending.
+        var inFlight = 0
         var checkpointCounters = PageSender.Sent()
     }
 
@@ -217,10 +219,10 @@ public final class PrimaryReplicator: @unchecked Sendable {
     public var progress: Progress {
         state.withLock { s in
             var progress = s.progress
-            progress.dirtyPagesLeft = UInt64(s.pending.count)
+            progress.dirtyPagesLeft = UInt64(s.pending.count + s.inFlight)
             let roundBytes = Double(progress.lastRoundPages) * Double(PageFrame.pageSize)
             let downtime = Double(options.maxDowntime.nanoseconds) / 1e9
-            let converged = progress.rounds > 1 && s.pass == .idle && progress.bytesPerSecond > 0
+            let converged = progress.rounds > 1 && progress.dirtyPagesLeft == 0 && progress.bytesPerSecond > 0
                 && roundBytes / Double(progress.bytesPerSecond) <= downtime
             progress.stopAndCopyAdvised = converged || Int(progress.rounds) >= options.maxRounds
             return progress
@@ -238,6 +240,15 @@ public final class PrimaryReplicator: @unchecked Sendable {
     }
 
     // MARK: - Threads
+
+    /// The current pass's send rate, kept up to date batch by batch so a
+    /// progress bar shows it during a long first round (once 1 MiB went).
+    private func updateRate(_ s: inout State) {
+        let elapsed = monotonicNanoseconds() - s.passStart
+        if s.passBytes >= 1 << 20 && elapsed > 0 {
+            s.progress.bytesPerSecond = UInt64(Double(s.passBytes) * 1e9 / Double(elapsed))
+        }
+    }
 
     private func startPass(_ s: inout State, _ pass: Pass) {
         s.pass = pass
@@ -268,6 +279,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
                     guard !s.stopRequested, s.failure == nil else { return false }
                     s.pending.take(from: &s.cursors[index], stride: senders.count, limit: Self.batchPages,
                                    into: &pages)
+                    s.inFlight += pages.count
                     return !pages.isEmpty
                 }
                 guard claimed else { break }
@@ -275,8 +287,10 @@ public final class PrimaryReplicator: @unchecked Sendable {
                     let sent = try sender.sendBatch(pages, sequence: sequence)
                     sequencePages += UInt64(sent.pages)
                     state.withLock { s in
+                        s.inFlight -= pages.count
                         s.sequencePages += UInt64(sent.pages)
                         s.passBytes += UInt64(sent.bytes)
+                        updateRate(&s)
                         s.progress.bytesSent += UInt64(sent.bytes)
                         s.progress.pagesSent += UInt64(sent.pages)
                         s.progress.zeroPages += UInt64(sent.zeroPages)
@@ -287,6 +301,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
                         }
                     }
                 } catch {
+                    state.withLock { $0.inFlight -= pages.count }
                     fail("\(CheckpointLink.pageChannel(index)): \(error)")
                     failed = true
                     break
@@ -303,10 +318,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
             state.withLock(notify: true) { s in
                 s.busyWorkers -= 1
                 guard s.busyWorkers == 0 else { return }
-                let elapsed = monotonicNanoseconds() - s.passStart
-                if s.passBytes >= 1 << 20 && elapsed > 0 {
-                    s.progress.bytesPerSecond = UInt64(Double(s.passBytes) * 1e9 / Double(elapsed))
-                }
+                updateRate(&s)
                 // Pages queued behind the cursor while the round ran.
                 if case .round = s.pass, !s.stopRequested, s.failure == nil, !s.pending.isEmpty {
                     startPass(&s, s.pass)

@@ -94,39 +94,39 @@ public final class SecondaryReplica: @unchecked Sendable {
         }
     }
 
+    /// The next checkpoint once it has arrived whole, RAM untouched.
+    public struct Arrival: Sendable {
+        public var sequence: UInt64
+        public var deviceState: [UInt8]
+        public var waitNanoseconds: UInt64
+    }
+
+    /// Waits (at most the peer timeout) until the next checkpoint has
+    /// arrived whole and returns its device state, leaving the SVM's RAM as
+    /// it is: supervisord has vmmd check the state before `commit`.
+    public func receive() throws(CheckpointError) -> Arrival {
+        let start = monotonicNanoseconds()
+        let (sequence, deviceState, _, _) = try awaitWhole(since: start, guestDirty: nil)
+        return Arrival(sequence: sequence, deviceState: deviceState, waitNanoseconds: monotonicNanoseconds() - start)
+    }
+
+    /// Refuses the checkpoint that arrived (vmmd refused its device state):
+    /// the SVM's RAM stays at the last commit, the primary is told `reason`
+    /// and the pairing ends.
+    public func refuse(reason: String) throws(CheckpointError) -> UInt64 {
+        let sequence = state.withLock { $0.sequence }
+        if let failure { throw .linkFailed(failure) }
+        fail("checkpoint \(sequence) refused by the secondary: \(reason)")
+        return sequence
+    }
+
     /// Commits the next checkpoint into the SVM's RAM once it has arrived
     /// whole (waiting at most the peer timeout). `guestDirty`: the pages
     /// the SVM wrote since the last commit.
     public func commit(guestDirty: PageBitmap) throws(CheckpointError) -> CommitReport {
         let start = monotonicNanoseconds()
         guard guestDirty.pageCount == pageCount else { throw .invalidArgument("bitmap over another RAM size") }
-        enum Arrival { case whole(UInt64, [UInt8], ControlFrame.End, PageBitmap), failed, incomplete(String) }
-        let arrival = state.wait(deadline: start + options.peerTimeout.nanoseconds) { (s: inout State) -> Arrival? in
-            if s.failure != nil { return .failed }
-            guard let end = s.end, let deviceState = s.deviceState, s.channelEnded.allSatisfy({ $0 }) else { return nil }
-            let carried = s.channelPages.reduce(0, +)
-            guard carried == end.totalPages else {
-                return .incomplete("checkpoint \(s.sequence): the end marker counts \(end.totalPages) pages, "
-                                   + "the page channels carried \(carried)")
-            }
-            var pages = s.received
-            pages.formUnion(guestDirty)
-            return .whole(s.sequence, deviceState, end, pages)
-        }
-        let sequence: UInt64, deviceState: [UInt8], end: ControlFrame.End, pages: PageBitmap
-        switch arrival {
-        case let .whole(arrivedSequence, arrivedState, arrivedEnd, union):
-            (sequence, deviceState, end, pages) = (arrivedSequence, arrivedState, arrivedEnd, union)
-        case .failed:
-            throw .linkFailed(failureDescription())
-        case let .incomplete(problem):
-            fail(problem)
-            throw .linkFailed(failureDescription())
-        case nil:
-            let next = state.withLock { $0.sequence }
-            fail("checkpoint \(next) did not arrive whole within \(options.peerTimeout)")
-            throw .linkFailed(failureDescription())
-        }
+        let (sequence, deviceState, end, pages) = try awaitWhole(since: start, guestDirty: guestDirty)
         let copyStart = monotonicNanoseconds()
         copy(pages)
         let copyDone = monotonicNanoseconds()
@@ -163,6 +163,38 @@ public final class SecondaryReplica: @unchecked Sendable {
         return CommitReport(sequence: sequence, deviceState: deviceState, pagesCopied: UInt64(pages.count),
                             waitNanoseconds: copyStart - start, copyNanoseconds: copyDone - copyStart,
                             verification: verification)
+    }
+
+    /// The next checkpoint once it has arrived whole, with the pages to
+    /// copy (those received, plus `guestDirty`); a failure ends the pairing.
+    private func awaitWhole(since start: UInt64, guestDirty: PageBitmap?)
+        throws(CheckpointError) -> (UInt64, [UInt8], ControlFrame.End, PageBitmap) {
+        enum Arrival { case whole(UInt64, [UInt8], ControlFrame.End, PageBitmap), failed, incomplete(String) }
+        let arrival = state.wait(deadline: start + options.peerTimeout.nanoseconds) { (s: inout State) -> Arrival? in
+            if s.failure != nil { return .failed }
+            guard let end = s.end, let deviceState = s.deviceState, s.channelEnded.allSatisfy({ $0 }) else { return nil }
+            let carried = s.channelPages.reduce(0, +)
+            guard carried == end.totalPages else {
+                return .incomplete("checkpoint \(s.sequence): the end marker counts \(end.totalPages) pages, "
+                                   + "the page channels carried \(carried)")
+            }
+            var pages = s.received
+            if let guestDirty { pages.formUnion(guestDirty) }
+            return .whole(s.sequence, deviceState, end, pages)
+        }
+        switch arrival {
+        case let .whole(sequence, deviceState, end, union):
+            return (sequence, deviceState, end, union)
+        case .failed:
+            throw .linkFailed(failureDescription())
+        case let .incomplete(problem):
+            fail(problem)
+            throw .linkFailed(failureDescription())
+        case nil:
+            let next = state.withLock { $0.sequence }
+            fail("checkpoint \(next) did not arrive whole within \(options.peerTimeout)")
+            throw .linkFailed(failureDescription())
+        }
     }
 
     public var committedSequence: UInt64 { state.withLock { $0.committed } }

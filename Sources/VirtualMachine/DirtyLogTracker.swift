@@ -70,6 +70,10 @@ final class DirtyLogTracker: @unchecked Sendable {
             do {
                 if first {
                     try startLogging()
+                    // Manual mode starts with every page marked dirty
+                    // (KVM_DIRTY_LOG_INITIALLY_SET): collect and clear that
+                    // now, or the second sync would report every page again.
+                    try collectKVMLog(into: target)
                     for word in 0..<words { target[word] = UInt64.max }
                     if pages % 64 != 0 { target[words - 1] = (UInt64(1) << UInt64(pages % 64)) - 1 }
                 } else {

@@ -63,8 +63,10 @@ extension VirtualMachine {
     }
 
     /// Loads a blob into the paused VM. Everything is checked before
-    /// anything changes: a refused blob leaves the VM as it was.
-    public func loadState(_ blob: [UInt8]) throws(VMStateError) {
+    /// anything changes: a refused blob leaves the VM as it was. With
+    /// `checkOnly` nothing changes at all (a COLO secondary checks a
+    /// checkpoint's state before its RAM is overwritten).
+    public func loadState(_ blob: [UInt8], checkOnly: Bool = false) throws(VMStateError) {
         try pauseState.lock.withLock { () throws(VMStateError) in
             guard pauseState.paused else { throw .notPaused }
             guard transports.allSatisfy(\.isQuiet) else { throw .devicesBusy("block requests in flight") }
@@ -75,6 +77,7 @@ extension VirtualMachine {
                 throw .badState("\(error)")
             }
             let (machine, snapshots) = try check(saved)
+            if checkOnly { return }
             do {
                 serial.load(saved.serial)
                 for ((_, transport), device) in zip(virtioDevices, saved.virtio) { transport.load(device) }

@@ -55,6 +55,8 @@ final class CheckpointService: DaemonService {
         case let .checkpointSendPages(request): return sendPages(request, fds: &fds)
         case let .checkpointTake(request): return take(request, fds: &fds)
         case let .checkpointCommit(request): return commit(request, fds: &fds)
+        case .checkpointReceive: return receive()
+        case let .checkpointRefuse(request): return refuse(request)
         case .checkpointStatus: return ControlReply(.checkpointStatus(status()))
         default: return nil
         }
@@ -286,6 +288,52 @@ final class CheckpointService: DaemonService {
         reply.copyUs = report.copyNanoseconds / 1000
         reply.verification = message(report.verification)
         return ControlReply(.checkpointCommitted(reply), fds: [memfd.fd], closeFdsAfterSending: true)
+    }
+
+    private func receive() -> ControlReply {
+        guard case let .secondary(replica, _) = pairing.withLock({ $0 }) else {
+            return .error(.failedPrecondition, "not paired as secondary")
+        }
+        let arrival: SecondaryReplica.Arrival
+        do {
+            arrival = try replica.receive()
+        } catch {
+            return refuse(error)
+        }
+        logger.info("checkpoint \(arrival.sequence) arrived whole", metadata: [
+            "event": "checkpoint_received", "checkpoint": "\(arrival.sequence)",
+            "wait_us": "\(arrival.waitNanoseconds / 1000)", "device_state_bytes": "\(arrival.deviceState.count)",
+        ])
+        let memfd: Memfd
+        do {
+            memfd = try Memfd.holding(arrival.deviceState, name: "colo-device-state")
+        } catch {
+            return .error(.internal, "checkpoint \(arrival.sequence): its device state cannot be handed over: \(error)")
+        }
+        var reply = ColoCheckpointReceived()
+        reply.sequence = arrival.sequence
+        reply.deviceState.index = 0
+        reply.deviceStateBytes = UInt64(arrival.deviceState.count)
+        reply.waitUs = arrival.waitNanoseconds / 1000
+        return ControlReply(.checkpointReceived(reply), fds: [memfd.fd], closeFdsAfterSending: true)
+    }
+
+    private func refuse(_ request: ColoCheckpointRefuse) -> ControlReply {
+        guard case let .secondary(replica, _) = pairing.withLock({ $0 }) else {
+            return .error(.failedPrecondition, "not paired as secondary")
+        }
+        let reason = request.reason.isEmpty ? "no reason given" : String(request.reason.prefix(512))
+        do {
+            let sequence = try replica.refuse(reason: reason)
+            logger.error("checkpoint \(sequence) refused: \(reason); the SVM stays at the last commit", metadata: [
+                "event": "checkpoint_refused", "checkpoint": "\(sequence)", "error": "\(reason)",
+            ])
+            var reply = ColoCheckpointRefused()
+            reply.sequence = sequence
+            return ControlReply(.checkpointRefused(reply))
+        } catch {
+            return refuse(error)
+        }
     }
 
     private func status() -> ColoCheckpointStatus {

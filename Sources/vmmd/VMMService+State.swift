@@ -135,13 +135,14 @@ extension VMMService {
         case .failure(let error): return .error(.invalidArgument, "state fd: \(error)")
         }
         do {
-            try vm.loadState(blob)
+            try vm.loadState(blob, checkOnly: request.checkOnly)
         } catch {
-            return refusal(error, "state load")
+            return refusal(error, request.checkOnly ? "state check" : "state load")
         }
         var reply = ColoVmStateLoaded()
         reply.loadUs = (ContinuousClock.now - began).microseconds
-        logger.info("VM state loaded", metadata: ["event": "vm_state_loaded", "bytes": "\(blob.count)", "load_us": "\(reply.loadUs)"])
+        logger.info(request.checkOnly ? "VM state checked" : "VM state loaded", metadata: [
+            "event": request.checkOnly ? "vm_state_checked" : "vm_state_loaded", "bytes": "\(blob.count)", "load_us": "\(reply.loadUs)"])
         return ControlReply(.vmStateLoaded(reply))
     }
 

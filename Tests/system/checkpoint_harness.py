@@ -11,7 +11,11 @@ control sockets and drives checkpoints on both sides at once.
 A page channel can run through a ``Relay`` so a test can cut it, or stall
 it, at an exact byte count in the middle of a checkpoint.
 
-Once vmmd can pause and log dirty pages, the same calls take its memfds.
+``VmReplication`` drives the same pair around two real vmmds instead,
+as supervisord does: pre-copy rounds of a live migration from the source
+VM's dirty log, the stop-and-copy, and COLO checkpoints of a running
+primary into a running secondary, with the secondary's device state
+checked by its vmmd before checkpointd writes its RAM.
 """
 
 from __future__ import annotations
@@ -183,9 +187,13 @@ class Checkpointd:
         reply.ParseFromString(data)
         return reply, fds
 
-    def call(self, fds: list[int] = (), **body):
+    def call_with_fds(self, fds: list[int] = (), **body):
+        """The response and the fds it carries (the caller closes them)."""
         self.send(fds, **body)
-        reply, received = self.receive()
+        return self.receive()
+
+    def call(self, fds: list[int] = (), **body):
+        reply, received = self.call_with_fds(fds, **body)
         for fd in received:
             os.close(fd)
         return reply
@@ -217,14 +225,20 @@ class CheckpointPair:
     guest RAM of `pages` pages on each side."""
 
     def __init__(self, pages: int, channels: int = 2, verify: bool = False, relayed: set[int] = frozenset(),
-                 timeout_ms: int = 3000):
+                 timeout_ms: int = 3000, memory_fds: tuple[int, int] | None = None, **options):
+        """With `memory_fds` (primary's, secondary's: vmmd's RAM memfds)
+        the pair works on those, and primary_ram/secondary_ram are None."""
         self.dir = runtime_dir("ckpt")
         self.key_path = self.dir / "peer.key"
         self.key_path.write_bytes(KEY)
         os.chmod(self.key_path, 0o600)
         self.pages = pages
-        self.primary_ram = GuestRAM(pages, "pvm-ram")
-        self.secondary_ram = GuestRAM(pages, "svm-ram")
+        if memory_fds is None:
+            self.primary_ram = GuestRAM(pages, "pvm-ram")
+            self.secondary_ram = GuestRAM(pages, "svm-ram")
+            memory_fds = (self.primary_ram.fd, self.secondary_ram.fd)
+        else:
+            self.primary_ram = self.secondary_ram = None
         self.primary = Checkpointd("primary", self.key_path, self._subdir("primary"))
         self.secondary = Checkpointd("secondary", self.key_path, self._subdir("secondary"))
         self.relays: dict[int, Relay] = {}
@@ -237,10 +251,10 @@ class CheckpointPair:
                 page_pairs.append((relay.primary_end, relay.secondary_end))
             else:
                 page_pairs.append(tcp_pair())
-        options = dict(verify=verify, peer_timeout_ms=timeout_ms, copy_threads=2)
-        self.primary.send([self.primary_ram.fd, control[0].fileno(), *[p[0].fileno() for p in page_pairs]],
+        options = dict(verify=verify, peer_timeout_ms=timeout_ms, copy_threads=2, **options)
+        self.primary.send([memory_fds[0], control[0].fileno(), *[p[0].fileno() for p in page_pairs]],
                           checkpoint_attach=attach_request(checkpointd_pb2.CHECKPOINT_ROLE_PRIMARY, channels, **options))
-        self.secondary.send([self.secondary_ram.fd, control[1].fileno(), *[p[1].fileno() for p in page_pairs]],
+        self.secondary.send([memory_fds[1], control[1].fileno(), *[p[1].fileno() for p in page_pairs]],
                             checkpoint_attach=attach_request(checkpointd_pb2.CHECKPOINT_ROLE_SECONDARY, channels,
                                                              **options))
         self.attached = (self.primary.receive()[0], self.secondary.receive()[0])
@@ -318,8 +332,9 @@ class CheckpointPair:
             relay.close()
         self.primary.close()
         self.secondary.close()
-        self.primary_ram.close()
-        self.secondary_ram.close()
+        for ram in (self.primary_ram, self.secondary_ram):
+            if ram is not None:
+                ram.close()
         import shutil
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -393,3 +408,162 @@ class FakePrimary:
         self.control.close()
         for sock in self.pages:
             sock.close()
+
+
+# -- Real vmmds: live migration and COLO checkpoints, as supervisord drives them.
+
+def _expect(reply, body: str):
+    assert reply.WhichOneof("body") == body, f"{body} expected: {reply}"
+    return getattr(reply, body)
+
+
+def ram_digest(fd: int, size: int) -> str:
+    """SHA-256 of a whole RAM memfd."""
+    digest = hashlib.sha256()
+    for offset in range(0, size, 8 << 20):
+        digest.update(os.pread(fd, min(8 << 20, size - offset), offset))
+    return digest.hexdigest()
+
+
+class VmReplication:
+    """A CheckpointPair on the RAM memfds of two real vmmds (vmm.Vmmd),
+    driven as supervisord drives it. `source` is the primary's vmmd, `target`
+    the secondary's (a VM prepared for incoming state, or one that already
+    runs as the secondary). Keeps both RAM memfds for hashing."""
+
+    def __init__(self, source, target, channels: int = 2, verify: bool = True, **options):
+        self.source, self.target = source, target
+        self.source_memory = source.guest_memory()
+        self.target_memory = target.guest_memory()
+        self.memory_bytes = os.fstat(self.source_memory).st_size
+        assert os.fstat(self.target_memory).st_size == self.memory_bytes
+        self.pair = CheckpointPair(self.memory_bytes // PAGE, channels=channels, verify=verify,
+                                   memory_fds=(self.source_memory, self.target_memory), **options)
+        for reply in self.pair.attached:
+            _expect(reply, "checkpoint_attached")
+
+    # --- live migration ------------------------------------------------------
+    def precopy(self, timeout: float = 60.0) -> list:
+        """Pre-copy rounds while the source runs, each from a fresh dirty-log
+        sync (the first reports every page) once the previous round is
+        sent, until checkpointd advises stop-and-copy. Returns each round's
+        CheckpointProgress."""
+        rounds = []
+        deadline = time.monotonic() + timeout
+        while True:
+            _, bitmap = self.source.sync_dirty_log()
+            if rounds:
+                reply = self._send_round(bitmap)
+            else:
+                # Whatever the source's log said: a new pairing starts from nothing.
+                reply = self.pair.primary.call(
+                    checkpoint_send_pages=checkpointd_pb2.CheckpointSendPages(all_pages=True))
+            _expect(reply, "checkpoint_send_pages")
+            while (progress := self.pair.primary.status().progress).dirty_pages_left:
+                assert time.monotonic() < deadline, progress
+                time.sleep(0.002)
+            rounds.append(progress)
+            if progress.stop_and_copy_advised:
+                return rounds
+
+    def _send_round(self, bitmap: bytes):
+        fd = sealed_memfd("dirty-bitmap", 0, bitmap)
+        try:
+            request = checkpointd_pb2.CheckpointSendPages()
+            request.dirty_bitmap.index = 0
+            return self.pair.primary.call([fd], checkpoint_send_pages=request)
+        finally:
+            os.close(fd)
+
+    # --- one checkpoint -------------------------------------------------------
+    def checkpoint(self, resume_source: bool = True, resume_target: bool = True, tamper=None,
+                   before_resume=None) -> dict:
+        """One checkpoint (the stop-and-copy of a migration is one too):
+        pause both VMs, dirty logs, source state -> CheckpointTake; on the
+        target CheckpointReceive, its vmmd checks the device state
+        (VmStateLoad check_only), CheckpointCommit with the target's dirty
+        bitmap, VmStateLoad, then resume. `tamper(blob) -> blob` alters the
+        state sent (a blob vmmd refuses: the target is sent
+        CheckpointRefuse instead and stays paused on its last commit).
+        `before_resume(figures)` runs with both VMs paused after the
+        commit. Returns the replies and timings."""
+        started = time.monotonic()
+        self.source.pause()
+        target_was_running = self.target.status().state == colo_proto.vmmd.VM_STATE_RUNNING
+        if target_was_running:
+            self.target.pause()
+        _, source_bitmap = self.source.sync_dirty_log()
+        # The pages the target dirtied itself (its first sync turns the
+        # log on and names every page; the first checkpoint of a pairing
+        # copies every page anyway).
+        target_log, target_bitmap = self.target.sync_dirty_log()
+        blob = self.source.save_state()
+        if tamper is not None:
+            blob = tamper(blob)
+        figures = {"paused_to_state_s": time.monotonic() - started,
+                   "target_dirty_pages": 0 if target_log.all_pages else target_log.dirty_pages}
+        self._start_take(source_bitmap, blob)
+        reply, fds = self.pair.secondary.call_with_fds(checkpoint_receive=None)
+        figures["received"] = reply
+        if reply.WhichOneof("body") != "checkpoint_received":
+            figures["taken"] = self._finish_take()
+            return figures
+        state_fd = fds[0]
+        try:
+            state = os.pread(state_fd, reply.checkpoint_received.device_state_bytes, 0)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        check = self.target.load_state(state, check_only=True)
+        figures["check"] = check
+        if check.WhichOneof("body") != "vm_state_loaded":
+            refuse = checkpointd_pb2.CheckpointRefuse(reason=f"vmmd refused the device state: {check.error.message}")
+            figures["refused"] = self.pair.secondary.call(checkpoint_refuse=refuse)
+            figures["taken"] = self._finish_take()
+            return figures
+        fd = sealed_memfd("dirty-bitmap", 0, target_bitmap)
+        try:
+            request = checkpointd_pb2.CheckpointCommit()
+            request.guest_dirty_bitmap.index = 0
+            figures["committed"] = _expect(self.pair.secondary.call([fd], checkpoint_commit=request),
+                                           "checkpoint_committed")
+        finally:
+            os.close(fd)
+        _expect(self.target.load_state(state), "vm_state_loaded")
+        figures["taken"] = _expect(self._finish_take(), "checkpoint_taken")
+        figures["switchover_s"] = time.monotonic() - started
+        if before_resume is not None:
+            before_resume(figures)
+        if resume_target:
+            self.target.resume()
+        if resume_source:
+            self.source.resume()
+        figures["downtime_s"] = time.monotonic() - started
+        return figures
+
+    def _start_take(self, bitmap: bytes, blob: bytes) -> None:
+        bitmap_fd = sealed_memfd("dirty-bitmap", 0, bitmap)
+        state_fd = sealed_memfd("device-state", 0, blob)
+        take = checkpointd_pb2.CheckpointTake()
+        take.dirty_bitmap.index = 0
+        take.device_state.index = 1
+        try:
+            self.pair.primary.send([bitmap_fd, state_fd], checkpoint_take=take)
+        finally:
+            os.close(bitmap_fd)
+            os.close(state_fd)
+
+    def _finish_take(self):
+        reply, fds = self.pair.primary.receive()
+        for fd in fds:
+            os.close(fd)
+        return reply
+
+    def hashes(self) -> tuple[str, str]:
+        """(source, target) RAM digests; meaningful while both are paused."""
+        return ram_digest(self.source_memory, self.memory_bytes), ram_digest(self.target_memory, self.memory_bytes)
+
+    def close(self) -> None:
+        self.pair.close()
+        os.close(self.source_memory)
+        os.close(self.target_memory)

@@ -161,6 +161,41 @@ def test_killing_primary_mid_checkpoint_keeps_last_commit(make_pair):
     assert "closed" in status.last_error, status.last_error
 
 
+def test_receive_then_refuse_leaves_ram_at_last_commit(make_pair):
+    """CheckpointReceive hands over the device state with the SVM's RAM
+    untouched; CheckpointRefuse (vmmd refused that state) fails the
+    primary's take with the reason and keeps the last commit."""
+    pair = make_pair(channels=2)
+    pair.initial_sync()
+    committed_ram = pair.secondary_ram.contents()
+    write_everything(pair, 4)
+    primary_bitmap = pair.primary_ram.take_dirty_bitmap()
+    state = sealed_memfd("device-state", 0, b"a state vmmd refuses")
+    take = checkpointd_pb2.CheckpointTake()
+    take.dirty_bitmap.index = 0
+    take.device_state.index = 1
+    pair.primary.send([primary_bitmap, state], checkpoint_take=take)
+    os.close(primary_bitmap)
+    os.close(state)
+    for _ in range(2):  # asking twice returns the same checkpoint
+        reply, fds = pair.secondary.call_with_fds(checkpoint_receive=None)
+        assert reply.WhichOneof("body") == "checkpoint_received", reply
+        assert reply.checkpoint_received.sequence == 2 and len(fds) == 1
+        assert reply.checkpoint_received.device_state_bytes == len(b"a state vmmd refuses")
+        assert os.pread(fds[0], 100, 0) == b"a state vmmd refuses"
+        os.close(fds[0])
+        assert pair.secondary_ram.contents() == committed_ram
+    reply = pair.secondary.call(checkpoint_refuse=checkpointd_pb2.CheckpointRefuse(reason="bad checksum"))
+    assert reply.WhichOneof("body") == "checkpoint_refused" and reply.checkpoint_refused.sequence == 2, reply
+    taken, _ = pair.primary.receive()
+    assert taken.WhichOneof("body") == "error" and "bad checksum" in taken.error.message, taken
+    assert pair.secondary_ram.contents() == committed_ram
+    status = pair.secondary.status()
+    assert status.link == "failed" and status.committed_sequence == 1 and "bad checksum" in status.last_error
+    reply = pair.secondary.call(checkpoint_refuse=checkpointd_pb2.CheckpointRefuse(reason="again"))
+    assert reply.error.code == 8, reply  # ERROR_CODE_UNAVAILABLE: the pairing has ended
+
+
 @pytest.fixture
 def lone_secondary():
     """A secondary checkpointd with a fake primary to pair with; its RAM

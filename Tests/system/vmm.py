@@ -222,12 +222,13 @@ class Vmmd:
             for fd in fds:
                 os.close(fd)
 
-    def load_state(self, blob: bytes):
-        """Sends the blob in a memfd; returns the Response."""
+    def load_state(self, blob: bytes, check_only: bool = False):
+        """Sends the blob in a memfd; returns the Response. `check_only`:
+        vmmd only checks it."""
         fd = os.memfd_create("state", os.MFD_CLOEXEC)
         try:
             os.write(fd, blob)
-            request = colo_proto.vmstate.VmStateLoadRequest()
+            request = colo_proto.vmstate.VmStateLoadRequest(check_only=check_only)
             request.state.index = 0
             return self.call([fd], vm_state_load=request)
         finally:

@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "ee9595b703cdae447778d5613f0b523d0fc44fadc1a1384fa846f40d65e79369"
+package let generatedFromProtoSourcesSHA256 = "7fb1aad27adc81ee746fb6021b35f32e86c2a9bb894ec758dbcc1c4efb82d489"

@@ -31,7 +31,13 @@
 ///
 /// One checkpoint, as the two supervisords drive it (both VMs paused):
 ///   primary:   CheckpointTake(PVM dirty bitmap, device state)  -> waits
-///   secondary: CheckpointCommit(SVM dirty bitmap)               -> waits
+///   secondary: CheckpointReceive                               -> waits
+///              VmStateLoad(device state, check_only) at vmmd;
+///              refused: CheckpointRefuse(reason), SVM untouched;
+///              accepted: CheckpointCommit(SVM dirty bitmap)
+///   (CheckpointCommit alone also waits for the checkpoint and returns the
+///   device state, but then a blob vmmd refuses is found only after the
+///   SVM's RAM was overwritten.)
 ///   secondary replies CheckpointCommitted (device state memfd for vmmd) once
 ///   every page of the checkpoint is in the colo-cache and the union of the
 ///   pages the primary sent and the pages the SVM dirtied has been copied
@@ -383,6 +389,79 @@ public nonisolated struct ColoCheckpointCommitted: Sendable {
 
   fileprivate var _deviceState: ColoFdRef? = nil
   fileprivate var _verification: ColoCheckpointVerification? = nil
+}
+
+/// Secondary, the SVM paused: waits until the next checkpoint has arrived
+/// whole (or the peer timeout) and replies with its device state, leaving the
+/// SVM's RAM untouched, so that vmmd can check the state (VmStateLoad with
+/// check_only) before CheckpointCommit writes RAM. A CheckpointCommit after
+/// it does not wait again. Asking twice returns the same checkpoint.
+public nonisolated struct ColoCheckpointReceive: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct ColoCheckpointReceived: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  /// The checkpoint's device state: the reply's fd.
+  public var deviceState: ColoFdRef {
+    get {_deviceState ?? ColoFdRef()}
+    set {_deviceState = newValue}
+  }
+  /// Returns true if `deviceState` has been explicitly set.
+  public var hasDeviceState: Bool {self._deviceState != nil}
+  /// Clears the value of `deviceState`. Subsequent reads from it will return its default value.
+  public mutating func clearDeviceState() {self._deviceState = nil}
+
+  public var deviceStateBytes: UInt64 = 0
+
+  /// Request to checkpoint complete (waiting for the primary).
+  public var waitUs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _deviceState: ColoFdRef? = nil
+}
+
+/// Secondary: refuses the checkpoint received (vmmd refused its device
+/// state). The SVM's RAM stays at the last commit, the primary's
+/// CheckpointTake fails with `reason`, and the pairing ends: carrying on
+/// needs a new attach (a resynchronisation), as after any failed checkpoint.
+public nonisolated struct ColoCheckpointRefuse: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var reason: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct ColoCheckpointRefused: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The checkpoint refused.
+  public var sequence: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct ColoCheckpointStatusRequest: Sendable {
@@ -949,6 +1028,134 @@ nonisolated extension ColoCheckpointCommitted: SwiftProtobuf.Message, SwiftProto
     if lhs.waitUs != rhs.waitUs {return false}
     if lhs.copyUs != rhs.copyUs {return false}
     if lhs._verification != rhs._verification {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoCheckpointReceive: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckpointReceive"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoCheckpointReceive, rhs: ColoCheckpointReceive) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoCheckpointReceived: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckpointReceived"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}device_state\0\u{3}device_state_bytes\0\u{3}wait_us\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularMessageField(value: &self._deviceState) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.deviceStateBytes) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.waitUs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    try { if let v = self._deviceState {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    } }()
+    if self.deviceStateBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.deviceStateBytes, fieldNumber: 3)
+    }
+    if self.waitUs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.waitUs, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoCheckpointReceived, rhs: ColoCheckpointReceived) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs._deviceState != rhs._deviceState {return false}
+    if lhs.deviceStateBytes != rhs.deviceStateBytes {return false}
+    if lhs.waitUs != rhs.waitUs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoCheckpointRefuse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckpointRefuse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoCheckpointRefuse, rhs: ColoCheckpointRefuse) -> Bool {
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoCheckpointRefused: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckpointRefused"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoCheckpointRefused, rhs: ColoCheckpointRefused) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -193,6 +193,22 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .checkpointStatus(newValue)}
   }
 
+  public var checkpointReceive: ColoCheckpointReceive {
+    get {
+      if case .checkpointReceive(let v)? = body {return v}
+      return ColoCheckpointReceive()
+    }
+    set {body = .checkpointReceive(newValue)}
+  }
+
+  public var checkpointRefuse: ColoCheckpointRefuse {
+    get {
+      if case .checkpointRefuse(let v)? = body {return v}
+      return ColoCheckpointRefuse()
+    }
+    set {body = .checkpointRefuse(newValue)}
+  }
+
   public var blockdOpenDisk: ColoBlockdOpenDiskRequest {
     get {
       if case .blockdOpenDisk(let v)? = body {return v}
@@ -318,6 +334,8 @@ public nonisolated struct ColoRequest: Sendable {
     case checkpointTake(ColoCheckpointTake)
     case checkpointCommit(ColoCheckpointCommit)
     case checkpointStatus(ColoCheckpointStatusRequest)
+    case checkpointReceive(ColoCheckpointReceive)
+    case checkpointRefuse(ColoCheckpointRefuse)
     case blockdOpenDisk(ColoBlockdOpenDiskRequest)
     case blockdAttachGuest(ColoBlockdAttachGuestRequest)
     case blockdAttachLink(ColoBlockdAttachLinkRequest)
@@ -477,6 +495,22 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .checkpointStatus(newValue)}
   }
 
+  public var checkpointReceived: ColoCheckpointReceived {
+    get {
+      if case .checkpointReceived(let v)? = body {return v}
+      return ColoCheckpointReceived()
+    }
+    set {body = .checkpointReceived(newValue)}
+  }
+
+  public var checkpointRefused: ColoCheckpointRefused {
+    get {
+      if case .checkpointRefused(let v)? = body {return v}
+      return ColoCheckpointRefused()
+    }
+    set {body = .checkpointRefused(newValue)}
+  }
+
   public var blockdDisk: ColoBlockdDiskInfo {
     get {
       if case .blockdDisk(let v)? = body {return v}
@@ -528,6 +562,8 @@ public nonisolated struct ColoResponse: Sendable {
     case checkpointTaken(ColoCheckpointTaken)
     case checkpointCommitted(ColoCheckpointCommitted)
     case checkpointStatus(ColoCheckpointStatus)
+    case checkpointReceived(ColoCheckpointReceived)
+    case checkpointRefused(ColoCheckpointRefused)
     case blockdDisk(ColoBlockdDiskInfo)
     case blockdStatus(ColoBlockdStatus)
     case proxyCounters(ColoProxyCounters)
@@ -544,7 +580,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{4}`\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{4}`\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{3}checkpoint_receive\0\u{3}checkpoint_refuse\0\u{4}^\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{4}`\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -786,6 +822,32 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
         if let v = v {
           if hadOneofValue {try decoder.handleConflictingOneOf()}
           self.body = .checkpointStatus(v)
+        }
+      }()
+      case 205: try {
+        var v: ColoCheckpointReceive?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointReceive(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointReceive(v)
+        }
+      }()
+      case 206: try {
+        var v: ColoCheckpointRefuse?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointRefuse(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointRefuse(v)
         }
       }()
       case 300: try {
@@ -1046,6 +1108,14 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .checkpointStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 204)
     }()
+    case .checkpointReceive?: try {
+      guard case .checkpointReceive(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 205)
+    }()
+    case .checkpointRefuse?: try {
+      guard case .checkpointRefuse(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 206)
+    }()
     case .proxyAttach?: try {
       guard case .proxyAttach(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 300)
@@ -1114,7 +1184,7 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}\u{9}vm_paused\0\u{3}vm_resumed\0\u{3}vm_dirty_log\0\u{3}vm_state_saved\0\u{3}vm_state_loaded\0\u{3}vm_guest_memory\0\u{4}U\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{4}`\u{1}proxy_counters\0\u{4}d\u{1}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}\u{9}vm_paused\0\u{3}vm_resumed\0\u{3}vm_dirty_log\0\u{3}vm_state_saved\0\u{3}vm_state_loaded\0\u{3}vm_guest_memory\0\u{4}U\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{3}checkpoint_received\0\u{3}checkpoint_refused\0\u{4}^\u{1}proxy_counters\0\u{4}d\u{1}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1332,6 +1402,32 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .checkpointStatus(v)
         }
       }()
+      case 205: try {
+        var v: ColoCheckpointReceived?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointReceived(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointReceived(v)
+        }
+      }()
+      case 206: try {
+        var v: ColoCheckpointRefused?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .checkpointRefused(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .checkpointRefused(v)
+        }
+      }()
       case 300: try {
         var v: ColoProxyCounters?
         var hadOneofValue = false
@@ -1464,6 +1560,14 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .checkpointStatus?: try {
       guard case .checkpointStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 204)
+    }()
+    case .checkpointReceived?: try {
+      guard case .checkpointReceived(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 205)
+    }()
+    case .checkpointRefused?: try {
+      guard case .checkpointRefused(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 206)
     }()
     case .proxyCounters?: try {
       guard case .proxyCounters(let v)? = self.body else { preconditionFailure() }

@@ -221,6 +221,11 @@ public nonisolated struct ColoVmStateLoadRequest: Sendable {
   /// Clears the value of `state`. Subsequent reads from it will return its default value.
   public mutating func clearState() {self._state = nil}
 
+  /// Only check the blob as a load would (everything above, the VM paused);
+  /// change nothing. A COLO secondary checks a checkpoint's device state
+  /// before checkpointd overwrites the SVM's RAM with the checkpoint.
+  public var checkOnly: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -775,7 +780,7 @@ nonisolated extension ColoVmStateSaved: SwiftProtobuf.Message, SwiftProtobuf._Me
 
 nonisolated extension ColoVmStateLoadRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".VmStateLoadRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}state\0\u{3}check_only\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -784,6 +789,7 @@ nonisolated extension ColoVmStateLoadRequest: SwiftProtobuf.Message, SwiftProtob
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularMessageField(value: &self._state) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.checkOnly) }()
       default: break
       }
     }
@@ -797,11 +803,15 @@ nonisolated extension ColoVmStateLoadRequest: SwiftProtobuf.Message, SwiftProtob
     try { if let v = self._state {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
     } }()
+    if self.checkOnly != false {
+      try visitor.visitSingularBoolField(value: self.checkOnly, fieldNumber: 2)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: ColoVmStateLoadRequest, rhs: ColoVmStateLoadRequest) -> Bool {
     if lhs._state != rhs._state {return false}
+    if lhs.checkOnly != rhs.checkOnly {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
