@@ -165,7 +165,16 @@ class Checkpointd:
         self.dir = directory or runtime_dir(name)
         self.daemon = ActivatedDaemon(build_dir() / "checkpointd", "checkpointd", self.dir,
                                       ("--peer-key", str(key_path)))
-        self.control = colo_proto.connect(self.daemon.sock)
+        # systemd-socket-activate binds the socket file before it listens.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                self.control = colo_proto.connect(self.daemon.sock)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.control.settimeout(30)
         self._next_id = 1
 
