@@ -172,6 +172,7 @@ let package = Package(
         ]),
         .executableTarget(name: "proxyd", dependencies: [
             "CSupport", "DaemonRuntime", "Packets", "PacketComparison", "SequenceRewriter", "FrameLink", "PeerAuthentication",
+            "PeerLink",
         ]),
         .executableTarget(name: "blockd", dependencies: [
             "DaemonRuntime", "BlockDevice", "BlockImages", "BlockReplication", "GuestBlockService", "NBD",

@@ -2,6 +2,8 @@
 #include "CSupport.h"
 
 #include <fcntl.h>
+#include <string.h>
+#include <sys/uio.h>
 #include <poll.h>
 #include <time.h>
 #include <pthread.h>
@@ -117,4 +119,40 @@ int colo_poll_ns(struct pollfd *fds, unsigned long count, int64_t timeout_ns)
         return ppoll(fds, count, NULL, NULL);
     struct timespec timeout = {.tv_sec = timeout_ns / 1000000000, .tv_nsec = timeout_ns % 1000000000};
     return ppoll(fds, count, &timeout, NULL);
+}
+
+int colo_receive_datagrams(int fd, unsigned char *buffer, size_t slot_size, unsigned int count, size_t *lengths)
+{
+    struct mmsghdr messages[COLO_DATAGRAM_BATCH];
+    struct iovec vectors[COLO_DATAGRAM_BATCH];
+    if (count > COLO_DATAGRAM_BATCH)
+        count = COLO_DATAGRAM_BATCH;
+    memset(messages, 0, sizeof(struct mmsghdr) * count);
+    for (unsigned int i = 0; i < count; i++) {
+        vectors[i].iov_base = buffer + (size_t)i * slot_size;
+        vectors[i].iov_len = slot_size;
+        messages[i].msg_hdr.msg_iov = &vectors[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+    }
+    int received = recvmmsg(fd, messages, count, MSG_DONTWAIT | MSG_TRUNC, NULL);
+    for (int i = 0; i < received; i++)
+        lengths[i] = messages[i].msg_len;
+    return received;
+}
+
+int colo_send_datagrams(int fd, const unsigned char *buffer, const size_t *offsets, const size_t *lengths,
+                        unsigned int count)
+{
+    struct mmsghdr messages[COLO_DATAGRAM_BATCH];
+    struct iovec vectors[COLO_DATAGRAM_BATCH];
+    if (count > COLO_DATAGRAM_BATCH)
+        count = COLO_DATAGRAM_BATCH;
+    memset(messages, 0, sizeof(struct mmsghdr) * count);
+    for (unsigned int i = 0; i < count; i++) {
+        vectors[i].iov_base = (void *)(buffer + offsets[i]);
+        vectors[i].iov_len = lengths[i];
+        messages[i].msg_hdr.msg_iov = &vectors[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+    }
+    return sendmmsg(fd, messages, count, MSG_DONTWAIT | MSG_NOSIGNAL);
 }

@@ -61,6 +61,11 @@ public enum FrameStream {
 
     /// Appends one frame's record (header and bytes) to `buffer`.
     public static func appendRecord(_ frame: [UInt8], timestamp: UInt64, to buffer: inout [UInt8]) {
+        frame.withUnsafeBytes { appendRecord($0, timestamp: timestamp, to: &buffer) }
+    }
+
+    /// Appends one frame's record from bytes a read left in a buffer.
+    public static func appendRecord(_ frame: UnsafeRawBufferPointer, timestamp: UInt64, to buffer: inout [UInt8]) {
         precondition(frame.count <= maximumRecordLength, "frames are bounded before they are written")
         appendRecordHeader(length: frame.count, timestamp: timestamp, to: &buffer)
         buffer.append(contentsOf: frame)

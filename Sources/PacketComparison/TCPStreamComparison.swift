@@ -36,6 +36,9 @@ final class TCPStream {
     private var secondaryAck: UInt32?
     private var primaryHighest: UInt32?
     private var secondaryResets = 0
+    /// The secondary's latest frame carrying data: what a mismatch found
+    /// on the primary's arrival shows as the secondary's side.
+    private var lastSecondaryData: [UInt8]?
     private var matchedResets = 0
     private(set) var resetReleased = false
     private var held = FIFO<(unit: HeldUnit, segment: SegmentInfo)>()
@@ -77,6 +80,7 @@ final class TCPStream {
         } else {
             if segment.flags.contains(.rst) { secondaryResets += 1 }
             if !segment.payload.isEmpty {
+                lastSecondaryData = frame
                 if add(segment.sequence, segment.payload, to: &secondaryBytes, parked: &secondaryParked) {
                     secondarySegmentEnds.append(segment.sequence &+ UInt32(segment.payload.count))
                 }
@@ -97,6 +101,7 @@ final class TCPStream {
         primaryParked.removeAll()
         secondaryParked.removeAll()
         secondarySegmentEnds.removeAll()
+        lastSecondaryData = nil
         if let syn = primarySyn {
             synMatchedAt = syn.sequence
             secondarySyn = syn
@@ -120,8 +125,8 @@ final class TCPStream {
         guard !diverged else { return }
         func diverge(_ why: String) {
             diverged = true
-            engine.mismatch(flow: key, why: why, primary: held.first?.unit.frames ?? [], secondary: secondaryFrame,
-                            at: now)
+            engine.mismatch(flow: key, why: why, primary: held.first?.unit.frames ?? [],
+                            secondary: secondaryFrame ?? lastSecondaryData, at: now)
         }
         if let syn = primarySyn, synMatchedAt != syn.sequence, let other = secondarySyn {
             guard syn.flags.intersection([.syn, .ack, .rst, .fin]) == other.flags.intersection([.syn, .ack, .rst, .fin]),

@@ -78,8 +78,9 @@ public enum TCPConnection {
         }
     }
 
-    /// Blocking mode, no Nagle, no delayed ACKs.
-    static func tune(_ fd: Int32) throws(FrameError) {
+    /// Blocking mode, no Nagle, no delayed ACKs: for a connection made
+    /// elsewhere and handed over (proxyd's frame link).
+    public static func tune(_ fd: Int32) throws(FrameError) {
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
         var one: Int32 = 1

@@ -32,9 +32,6 @@ struct DatapathConfiguration {
 ///                   guest -> rewriter (seq) -> peer
 ///     pass-through: external <-> guest (through the rewriter on a former secondary)
 final class Datapath: @unchecked Sendable {
-    /// Frames taken from one fd per loop turn, so no source starves another.
-    static let batch = 64
-
     private var role: ColoProxyRole
     private let external: FramePort?
     private var guest: FramePort?
@@ -122,68 +119,69 @@ final class Datapath: @unchecked Sendable {
             engine.advance(to: monotonicNanoseconds())
             drainEngine()
         }
+        flushPorts()
         flushLink()
     }
 
     private func readGuest() {
         guard let port = guest else { return }
-        for _ in 0..<Self.batch {
-            switch port.read() {
-            case .empty: return
-            case let .closed(reason):
-                logger.error("guest side closed: \(reason)", metadata: ["event": "guest_closed"])
-                port.close()
-                guest = nil
-                setState()
-                return
-            case var .frame(frame):
-                let now = monotonicNanoseconds()
-                switch role {
-                case .primary:
-                    engine.primaryFrame(frame, at: now)
-                    if engine.isFull { return }
-                case .secondary:
-                    rewriter?.guestOutput(&frame, at: now)
-                    link?.queue(frame, timestamp: wallClockNanoseconds())
-                default:
-                    rewriter?.guestOutput(&frame, at: now)
-                    writeExternal(frame)
-                }
+        let now = monotonicNanoseconds()
+        let wallClock = role == .secondary ? wallClockNanoseconds() : 0
+        let outcome = port.read { bytes in
+            switch role {
+            case .primary:
+                engine.primaryFrame(Array(bytes), at: now)
+            case .secondary:
+                var frame = Array(bytes)
+                rewriter?.guestOutput(&frame, at: now)
+                link?.queue(frame, timestamp: wallClock)
+            default:
+                var frame = Array(bytes)
+                rewriter?.guestOutput(&frame, at: now)
+                queueExternal(frame)
             }
+        }
+        if case let .closed(reason) = outcome {
+            logger.error("guest side closed: \(reason)", metadata: ["event": "guest_closed"])
+            dropGuest()
         }
     }
 
     private func readExternal() {
         guard let port = external else { return }
-        for _ in 0..<Self.batch {
-            switch port.read() {
-            case .empty: return
-            case let .closed(reason):
-                logger.error("external side failed: \(reason)", metadata: ["event": "external_closed"])
-                stop()
-                return
-            case var .frame(frame):
-                inbound += 1
-                if role == .primary { link?.queue(frame, timestamp: wallClockNanoseconds()) }
-                rewriter?.guestInput(&frame, at: monotonicNanoseconds())
-                writeGuest(frame)
+        let now = monotonicNanoseconds()
+        let wallClock = role == .primary ? wallClockNanoseconds() : 0
+        let outcome = port.read { bytes in
+            inbound += 1
+            if role == .primary { link?.queue(bytes, timestamp: wallClock) }
+            if let rewriter {
+                var frame = Array(bytes)
+                rewriter.guestInput(&frame, at: now)
+                guest?.queue(frame)
+            } else {
+                guest?.queue(bytes)
             }
+        }
+        if case let .closed(reason) = outcome {
+            logger.error("external side failed: \(reason)", metadata: ["event": "external_closed"])
+            stop()
         }
     }
 
     private func readLink() {
         guard let link else { return }
+        let now = monotonicNanoseconds()
         do {
             try link.receive { record in
                 switch (role, record) {
                 case (.primary, let .frame(frame, _)):
-                    engine.secondaryFrame(frame, at: monotonicNanoseconds())
+                    engine.secondaryFrame(frame, at: now)
                 case (.primary, .checkpointMark):
                     engine.secondaryCheckpointMark()
                 case (.secondary, .frame(var frame, _)):
                     inbound += 1
-                    rewriter?.guestInput(&frame, at: monotonicNanoseconds())
-                    writeGuest(frame)
+                    rewriter?.guestInput(&frame, at: now)
+                    guest?.queue(frame)
                 default:
                     break
                 }
@@ -197,7 +195,7 @@ final class Datapath: @unchecked Sendable {
         engine.drainOutputs { output in
             switch output {
             case let .release(frame):
-                writeExternal(frame)
+                queueExternal(frame)
             case let .checkpoint(request):
                 sendCheckpointRequest(request)
             case let .mismatch(primary, secondary):
@@ -212,23 +210,28 @@ final class Datapath: @unchecked Sendable {
         }
     }
 
-    private func writeExternal(_ frame: [UInt8]) {
+    private func queueExternal(_ frame: [UInt8]) {
         guard let external else { return }
         outbound += 1
-        if !external.write(frame) {
+        external.queue(frame)
+    }
+
+    /// Writes what the turn queued for the guest and the external side.
+    private func flushPorts() {
+        if let port = guest, !port.flush() {
+            logger.error("guest side write failed", metadata: ["event": "guest_closed"])
+            dropGuest()
+        }
+        if let external, !external.flush() {
             logger.error("external side write failed", metadata: ["event": "external_closed"])
             stop()
         }
     }
 
-    private func writeGuest(_ frame: [UInt8]) {
-        guard let port = guest else { return }
-        if !port.write(frame) {
-            logger.error("guest side write failed", metadata: ["event": "guest_closed"])
-            port.close()
-            guest = nil
-            setState()
-        }
+    private func dropGuest() {
+        guest?.close()
+        guest = nil
+        setState()
     }
 
     private func flushLink() {
@@ -325,7 +328,7 @@ final class Datapath: @unchecked Sendable {
     private func announce() {
         guard let guestMAC else { return }
         for address in guestAddresses {
-            writeExternal(address.isIPv4 ? AddressAnnouncement.gratuitousARP(mac: guestMAC, address: address)
+            queueExternal(address.isIPv4 ? AddressAnnouncement.gratuitousARP(mac: guestMAC, address: address)
                           : AddressAnnouncement.unsolicitedNeighborAdvertisement(mac: guestMAC, address: address))
             announcements += 1
         }

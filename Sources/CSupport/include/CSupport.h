@@ -111,4 +111,20 @@ uint64_t colo_atomic_exchange_u64(uint64_t *word, uint64_t value);
 /// the sandbox refuses.
 int colo_available_cpus(void);
 
+/// recvmmsg and struct mmsghdr are _GNU_SOURCE. Receives up to `count`
+/// datagrams without waiting, the i-th into `buffer + i * slot_size`
+/// (at most `slot_size` bytes), its full length into `lengths[i]` (longer
+/// than `slot_size` when it was truncated). `count` is at most
+/// COLO_DATAGRAM_BATCH. Returns the number received, or -1 with errno set.
+int colo_receive_datagrams(int fd, unsigned char *buffer, size_t slot_size, unsigned int count, size_t *lengths);
+
+/// sendmmsg is _GNU_SOURCE. Sends up to `count` datagrams (at most
+/// COLO_DATAGRAM_BATCH), the i-th `lengths[i]` bytes at `buffer + offsets[i]`,
+/// without waiting or SIGPIPE. Returns the number sent, or -1 with errno set.
+int colo_send_datagrams(int fd, const unsigned char *buffer, const size_t *offsets, const size_t *lengths,
+                        unsigned int count);
+
+/// The most datagrams one colo_receive_datagrams / colo_send_datagrams call moves.
+#define COLO_DATAGRAM_BATCH 64
+
 #endif
