@@ -12,8 +12,8 @@ a network namespace and a virtio-blk disk on a raw image:
   * HTTP requests per second (one connection each, a disk write + flush each);
   * disk throughput from the guest's "disk" control command: sequential
     64 KiB reads and writes, random 4 KiB reads and writes.
-vmmd's NIC is its frame socket joined to the tap by Tests/system/
-frame_forwarder.py and its disk is served by Tests/system/block_backend.py
+vmmd's NIC is its frame socket joined to the tap by Tests/system/helpers/
+tap-forwarder and its disk is served by Tests/system/block_backend.py
 (proxyd's and blockd's roles for now); QEMU uses its own tap and file
 backends (virtio-net-pci, virtio-blk-pci with cache=writeback). Ratios are
 vmmd / QEMU for rates and QEMU / vmmd for times: above 1 means vmmd is faster.

@@ -314,6 +314,11 @@ final class Datapath: @unchecked Sendable {
             if former == .secondary { announce() }
             setState()
             logger.notice("pass-through", metadata: ["event": "pass_through", "former_role": "\(former)"])
+        case let .replaceGuest(fd):
+            guest?.close()
+            guest = FramePort(fd: fd, name: "guest")
+            setState()
+            logger.notice("guest frame socket replaced", metadata: ["event": "guest_replaced", "role": "\(role)"])
         case let .capture(fd):
             if let capture { close(capture) }
             capture = fd

@@ -6,6 +6,8 @@ import Synchronization
 enum DatapathCommand: Sendable {
     case checkpointDone
     case passThrough
+    /// The guest's frame socket from now on (the old one is closed).
+    case replaceGuest(Int32)
     /// Start capturing mismatches to this fd, or stop (nil).
     case capture(Int32?)
     /// Nothing but the counters.

@@ -36,6 +36,20 @@ final class ProxyService: DaemonService {
         case .proxyPassThrough:
             context.fds.forEach { try? $0.close() }
             return call(.passThrough)
+        case let .proxyReplaceGuest(replace):
+            guard replace.hasGuest else {
+                context.fds.forEach { try? $0.close() }
+                return .error(.invalidArgument, "guest fd is required")
+            }
+            guard Int(replace.guest.index) < context.fds.count else {
+                context.fds.forEach { try? $0.close() }
+                return .error(.missingFd, "guest names fd \(replace.guest.index), the request carries \(context.fds.count)")
+            }
+            let fd = context.fds[Int(replace.guest.index)]
+            context.fds.filter { $0 != fd }.forEach { try? $0.close() }
+            let reply = call(.replaceGuest(fd.rawValue))
+            if case .error = reply.body { try? fd.close() }
+            return reply
         case .proxyCounters:
             context.fds.forEach { try? $0.close() }
             return call(.counters)

@@ -91,6 +91,12 @@ class Proxyd:
                 fds.append(fd)
         return self.call(fds, proxy_attach=attach)
 
+    def replace_guest(self, guest: int):
+        """A new guest frame socket (the guest's VM was created anew)."""
+        replace = P.ProxyReplaceGuest()
+        replace.guest.index = 0
+        return self.call([guest], proxy_replace_guest=replace)
+
     def counters(self):
         reply = self.call(proxy_counters={})
         assert reply.WhichOneof("body") == "proxy_counters", reply

@@ -16,6 +16,7 @@ import pytest
 
 import proxyd_pair
 from proxyd_pair import GuestPair, protocol_counters, read_events
+from tap_forwarder import GuestLink
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
@@ -152,10 +153,83 @@ def test_divergent_answer_requests_a_checkpoint_then_primary_answer_is_released(
     assert any(bytes.fromhex(p).startswith(b"diff") for p in shown), shown
 
 
+def test_secondary_guest_socket_replaced_after_a_resync(pair):
+    # A VM created anew by a resync has the primary's ARP cache; this
+    # namespace's would be flushed when its tap loses its forwarder (carrier
+    # down), and the secondary would then ARP where the primary does not.
+    pair.secondary_guest.ip("neigh", "replace", "10.77.70.1", "lladdr", proxyd_pair.CLIENT_MAC,
+                            "nud", "permanent", "dev", "tap0")
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    assert request(conn, b"before") == b"answer:before\n"
+    # The secondary VM is created anew (a resync): its old frame socket
+    # closes and vmmd hands proxyd the new one. (No "checkpoint done" here:
+    # it would zero the rewriter's offsets, and these two kernel stacks,
+    # unlike a resynchronised VM, keep their different sequence numbers.)
+    pair.secondary_link.close()
+    pair.secondary.wait_state("guest-closed")
+    link = GuestLink(pair.secondary_guest)
+    pair.closers.append(link.close)
+    try:
+        reply = pair.secondary.replace_guest(link.socket.fileno())
+    finally:
+        link.socket.close()
+    assert reply.proxy_counters.state == "running", reply
+    # The client's connection goes on, answered only once the secondary's
+    # new socket delivered the same bytes.
+    for index in range(5):
+        assert request(conn, b"after-%d" % index) == b"answer:after-%d\n" % index
+    assert read_events(pair.events, 0.5) == []
+    counters = pair.primary.counters()
+    assert protocol_counters(counters, "tcp").mismatched == 0 and counters.checkpoints_requested == 0, counters
+    conn.close()
+    bad = pair.secondary.call(proxy_replace_guest={})
+    assert bad.WhichOneof("body") == "error", bad
+
+
+def test_checkpoint_done_releases_frames_held_for_a_silent_secondary(pair):
+    # The secondary guest's output is lost (its socket taken away): the
+    # primary's answer is held, expires, and "checkpoint done" releases it.
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    assert request(conn, b"hello") == b"answer:hello\n"
+    pair.secondary_link.close()
+    conn.sendall(b"held\n")
+    events = read_events(pair.events, 0.3 + 1.0)
+    assert [e.checkpoint_request.reason for e in events] == [proxyd_pair.P.PROXY_CHECKPOINT_REASON_EXPIRED], events
+    conn.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        conn.recv(100)
+    assert pair.primary.counters().held_frames >= 1
+    pair.checkpoint_done()
+    conn.settimeout(5)
+    assert conn.recv(100) == b"answer:held\n"
+    counters = pair.primary.counters()
+    assert counters.held_frames == 0 and counters.released_by_checkpoint >= 1, counters
+    conn.close()
+
+
+def gratuitous_arps(sock: socket.socket, address: str, timeout: float) -> int:
+    """Gratuitous ARP frames for `address` read from a packet socket."""
+    wanted = socket.inet_aton(address)
+    count = 0
+    sock.settimeout(timeout)
+    try:
+        while True:
+            frame = sock.recv(2048)
+            # Ethernet (14) + ARP: sender protocol address at 28, target at 38.
+            if len(frame) >= 42 and frame[12:14] == b"\x08\x06" and frame[28:32] == wanted == frame[38:42]:
+                count += 1
+    except socket.timeout:
+        return count
+
+
 def test_secondary_takes_over_the_clients_connection(pair):
     conn = pair.client.connect(("10.77.70.2", PORT))
     for index in range(5):
         assert request(conn, b"before-%d" % index) == b"answer:before-%d\n" % index
+    # What reaches the client's interface, to see the announcement.
+    with pair.client.entered():
+        arp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    arp.bind(("ext0", 0))
     # The primary host is lost: its proxyd and its guest go away.
     pair.primary.daemon.close()
     pair.primary_server.close()
@@ -164,6 +238,10 @@ def test_secondary_takes_over_the_clients_connection(pair):
     assert reply.WhichOneof("body") == "proxy_counters", reply
     assert reply.proxy_counters.announcements_sent == 1
     assert reply.proxy_counters.state == "pass-through"
+    try:
+        assert gratuitous_arps(arp, "10.77.70.2", 0.5) == 1
+    finally:
+        arp.close()
     # The same connection, now answered by the secondary (which cuts its
     # answers in three): sequence numbers rewritten into the primary's space.
     for index in range(5):

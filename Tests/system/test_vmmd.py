@@ -1,7 +1,7 @@
 """vmmd (issue 4) running the test guest under KVM, as a real daemon with
 its seccomp filter on.
 
-The guest's NIC is a SOCK_SEQPACKET frame socket that frame_forwarder.py
+The guest's NIC is a SOCK_SEQPACKET frame socket that helpers/tap-forwarder
 joins to a tap in a network namespace (proxyd's role later); its disk is
 served over the block protocol by block_backend.py from a raw image
 (blockd's role later). From the namespace the tests ping the guest and use

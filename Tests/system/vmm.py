@@ -21,6 +21,7 @@ from pathlib import Path
 
 import colo_daemons
 import colo_proto
+import tap_forwarder
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_ELF = REPO / "guest" / "build" / "colo-guest.elf"
@@ -334,29 +335,36 @@ class BlockBackend:
 
 
 class Forwarder:
-    """frame_forwarder.py joining a SEQPACKET pair to `ns`'s tap; `vmm_end`
+    """helpers/tap-forwarder joining a SEQPACKET pair to `ns`'s tap; `vmm_end`
     is the socket to hand to vmmd. ``stats()`` after close: its counters.
     With ``switchable``, ``new_socket()`` makes another pair, and
     ``switch()`` moves the tap to it (a VM migrating between vmmds)."""
 
     def __init__(self, ns, switchable: bool = False):
+        binary = tap_forwarder.forwarder_binary()
         self.vmm_end, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._stats_r, stats_w = os.pipe()
-        args = [PYTHON, str(HERE / "frame_forwarder.py"), "--socket-fd", str(theirs.fileno()),
-                "--tap", ns.tap, "--stats-fd", str(stats_w)]
+        args = [str(binary), ns.tap, str(theirs.fileno()), "--stats-fd", str(stats_w)]
         passed = [theirs.fileno(), stats_w]
         self._switch = None
         if switchable:
             self._switch, switch_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             args += ["--switch-fd", str(switch_theirs.fileno())]
             passed.append(switch_theirs.fileno())
-        self.proc = subprocess.Popen(ns.wrap(args), pass_fds=passed, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(ns.wrap(args), pass_fds=passed, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, text=True)
         theirs.close()
         if self._switch is not None:
             switch_theirs.close()
         os.close(stats_w)
         self._stats = ""
         self._pending: socket.socket | None = None
+        # The tap is attached before the VM may send its first frame.
+        ready = self.proc.stdout.readline().strip()
+        self.proc.stdout.close()
+        if ready != "ready":
+            self.close()
+            raise RuntimeError("tap-forwarder did not start")
 
     def new_socket(self) -> socket.socket:
         """A new frame socket for another vmmd; the tap moves to it with switch()."""

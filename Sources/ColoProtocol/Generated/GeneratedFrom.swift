@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "7fb1aad27adc81ee746fb6021b35f32e86c2a9bb894ec758dbcc1c4efb82d489"
+package let generatedFromProtoSourcesSHA256 = "87560f00114681b1452aa9c91f6608ebc2f00d0bd57e299109770d6a4b090ecc"

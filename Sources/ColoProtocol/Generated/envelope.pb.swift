@@ -305,6 +305,14 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .proxyCapture(newValue)}
   }
 
+  public var proxyReplaceGuest: ColoProxyReplaceGuest {
+    get {
+      if case .proxyReplaceGuest(let v)? = body {return v}
+      return ColoProxyReplaceGuest()
+    }
+    set {body = .proxyReplaceGuest(newValue)}
+  }
+
   public var hostStatus: ColoHostStatusRequest {
     get {
       if case .hostStatus(let v)? = body {return v}
@@ -348,6 +356,7 @@ public nonisolated struct ColoRequest: Sendable {
     case proxyPassThrough(ColoProxyPassThrough)
     case proxyCounters(ColoProxyCountersRequest)
     case proxyCapture(ColoProxyCapture)
+    case proxyReplaceGuest(ColoProxyReplaceGuest)
     case hostStatus(ColoHostStatusRequest)
 
   }
@@ -580,7 +589,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{3}checkpoint_receive\0\u{3}checkpoint_refuse\0\u{4}^\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{4}`\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{3}checkpoint_receive\0\u{3}checkpoint_refuse\0\u{4}^\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{3}proxy_replace_guest\0\u{4}_\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -915,6 +924,19 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.body = .proxyCapture(v)
         }
       }()
+      case 305: try {
+        var v: ColoProxyReplaceGuest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .proxyReplaceGuest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .proxyReplaceGuest(v)
+        }
+      }()
       case 400: try {
         var v: ColoBlockdOpenDiskRequest?
         var hadOneofValue = false
@@ -1135,6 +1157,10 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .proxyCapture?: try {
       guard case .proxyCapture(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 304)
+    }()
+    case .proxyReplaceGuest?: try {
+      guard case .proxyReplaceGuest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 305)
     }()
     case .blockdOpenDisk?: try {
       guard case .blockdOpenDisk(let v)? = self.body else { preconditionFailure() }

@@ -272,6 +272,31 @@ public nonisolated struct ColoProxyPassThrough: Sendable {
   public init() {}
 }
 
+/// The guest's frame socket changes: its VM was created anew (the secondary
+/// after a resync, a restarted vmmd), and vmmd's new virtio-net backend is
+/// `guest` (SOCK_SEQPACKET, as in `ProxyAttach`). The old socket is closed;
+/// comparison, rewriting and the peer link go on. Any role, once attached.
+public nonisolated struct ColoProxyReplaceGuest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var guest: ColoFdRef {
+    get {_guest ?? ColoFdRef()}
+    set {_guest = newValue}
+  }
+  /// Returns true if `guest` has been explicitly set.
+  public var hasGuest: Bool {self._guest != nil}
+  /// Clears the value of `guest`. Subsequent reads from it will return its default value.
+  public mutating func clearGuest() {self._guest = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _guest: ColoFdRef? = nil
+}
+
 public nonisolated struct ColoProxyCountersRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -334,7 +359,8 @@ public nonisolated struct ColoProxyCounters: @unchecked Sendable {
     set {_uniqueStorage()._role = newValue}
   }
 
-  /// "detached", "authenticating", "running", "link-failed", "stopped".
+  /// "detached", "authenticating", "running", "pass-through", "link-failed",
+  /// "guest-closed" (until `ProxyReplaceGuest`), "stopped".
   public var state: String {
     get {_storage._state}
     set {_uniqueStorage()._state = newValue}
@@ -622,6 +648,40 @@ nonisolated extension ColoProxyPassThrough: SwiftProtobuf.Message, SwiftProtobuf
   }
 
   public static func ==(lhs: ColoProxyPassThrough, rhs: ColoProxyPassThrough) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoProxyReplaceGuest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ProxyReplaceGuest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}guest\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._guest) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._guest {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoProxyReplaceGuest, rhs: ColoProxyReplaceGuest) -> Bool {
+    if lhs._guest != rhs._guest {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
