@@ -119,8 +119,10 @@ final class Datapath: @unchecked Sendable {
             engine.advance(to: monotonicNanoseconds())
             drainEngine()
         }
-        flushPorts()
+        // The link first: the secondary's round trip is the longer path
+        // a held answer waits for.
         flushLink()
+        flushPorts()
     }
 
     private func readGuest() {

@@ -17,6 +17,7 @@ builds (COLO_DAEMONS_DIR=.build/release).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -39,7 +40,14 @@ def run(ns: netns.NetNS, *args: str) -> dict[str, float]:
     return {out[i]: float(out[i + 1]) for i in range(0, len(out), 2)}
 
 
-def measure(client: netns.NetNS, servers: list[netns.NetNS], address: str, port: int, args) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system time of process `pid` so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(client: netns.NetNS, servers: list[netns.NetNS], address: str, port: int, args,
+            proxyds: tuple[int, ...] = ()) -> dict:
     results = {}
     for rate in (1000, 10000):
         procs = [start(ns, "echo", address, str(port)) for ns in servers]
@@ -48,7 +56,9 @@ def measure(client: netns.NetNS, servers: list[netns.NetNS], address: str, port:
             proc.wait(timeout=10)
         port += 1
     procs = [start(ns, "source", address, str(port), str(args.megabytes)) for ns in servers]
+    before = [cpu_seconds(pid) for pid in proxyds]
     results["stream"] = run(client, "drain", address, str(port))
+    results["stream_cpu"] = [cpu_seconds(pid) - used for pid, used in zip(proxyds, before)]
     for proc in procs:
         proc.wait(timeout=60)
     return results
@@ -68,7 +78,8 @@ def direct_path(args) -> dict:
 
 def compare_path(args) -> tuple[dict, object]:
     with GuestPair(timeout_ms=1000, queue_limit=65536) as pair:
-        results = measure(pair.client, [pair.primary_guest, pair.secondary_guest], "10.77.70.2", 9200, args)
+        results = measure(pair.client, [pair.primary_guest, pair.secondary_guest], "10.77.70.2", 9200, args,
+                          (pair.primary.daemon.proc.pid, pair.secondary.daemon.proc.pid))
         return results, pair.primary.counters()
 
 
@@ -87,6 +98,12 @@ def main() -> None:
             print(f"{f'rr {rate}/s 64 B {name} (us)':34} {d:10.1f} {c:10.1f} {c / d:7.2f}   added {c - d:.1f} us")
     d, c = direct["stream"]["mbit_per_s"], compared["stream"]["mbit_per_s"]
     print(f"{f'stream {args.megabytes} MiB (Mbit/s)':34} {d:10.1f} {c:10.1f} {c / d:7.2f}")
+    # Per core: the stream's bits over the CPU time each proxyd spent moving
+    # it (the rest of the machine runs the guests, forwarders and client).
+    bits = compared["stream"]["bytes"] * 8
+    for name, used in zip(("primary", "secondary"), compared["stream_cpu"]):
+        print(f"{f'stream per {name} proxyd core (Mbit/s)':34} {'':10} {bits / used / 1e6:10.1f}"
+              f"   ({used:.2f} CPU s for {compared['stream']['seconds']:.2f} s)")
     print(f"checkpoints requested during the run: {counters.checkpoints_requested}", file=sys.stderr)
 
 
