@@ -36,9 +36,10 @@ final class TCPStream {
     private var secondaryAck: UInt32?
     private var primaryHighest: UInt32?
     private var secondaryResets = 0
-    /// The secondary's latest frame carrying data: what a mismatch found
-    /// on the primary's arrival shows as the secondary's side.
-    private var lastSecondaryData: [UInt8]?
+    /// The secondary's frame whose bytes start the part not yet compared:
+    /// what a mismatch found on the primary's arrival shows as the
+    /// secondary's side.
+    private var firstUncomparedSecondary: [UInt8]?
     private var matchedResets = 0
     private(set) var resetReleased = false
     private var held = FIFO<(unit: HeldUnit, segment: SegmentInfo)>()
@@ -61,7 +62,13 @@ final class TCPStream {
         if segment.flags.contains(.syn) {
             if synMatchedAt != segment.sequence { primarySyn = segment }
         } else {
-            if verified == nil && primarySyn == nil { verified = segment.sequence }
+            if verified == nil && primarySyn == nil {
+                // A connection seen mid-stream: the primary's first byte is
+                // where comparing starts, also for the secondary's bytes
+                // that came first.
+                verified = segment.sequence
+                drainParked(into: &secondaryBytes, parked: &secondaryParked)
+            }
             if !segment.payload.isEmpty {
                 add(segment.sequence, segment.payload, to: &primaryBytes, parked: &primaryParked)
             }
@@ -80,8 +87,9 @@ final class TCPStream {
         } else {
             if segment.flags.contains(.rst) { secondaryResets += 1 }
             if !segment.payload.isEmpty {
-                lastSecondaryData = frame
+                let nothingUncompared = secondaryBytes.count == 0 && secondaryParked.isEmpty
                 if add(segment.sequence, segment.payload, to: &secondaryBytes, parked: &secondaryParked) {
+                    if nothingUncompared { firstUncomparedSecondary = frame }
                     secondarySegmentEnds.append(segment.sequence &+ UInt32(segment.payload.count))
                 }
             }
@@ -101,7 +109,7 @@ final class TCPStream {
         primaryParked.removeAll()
         secondaryParked.removeAll()
         secondarySegmentEnds.removeAll()
-        lastSecondaryData = nil
+        firstUncomparedSecondary = nil
         if let syn = primarySyn {
             synMatchedAt = syn.sequence
             secondarySyn = syn
@@ -126,7 +134,7 @@ final class TCPStream {
         func diverge(_ why: String) {
             diverged = true
             engine.mismatch(flow: key, why: why, primary: held.first?.unit.frames ?? [],
-                            secondary: secondaryFrame ?? lastSecondaryData, at: now)
+                            secondary: secondaryFrame ?? firstUncomparedSecondary, at: now)
         }
         if let syn = primarySyn, synMatchedAt != syn.sequence, let other = secondarySyn {
             guard syn.flags.intersection([.syn, .ack, .rst, .fin]) == other.flags.intersection([.syn, .ack, .rst, .fin]),

@@ -104,6 +104,21 @@ final class ComparisonEngineTests: XCTestCase {
         XCTAssertEqual(outputs().released, [p3])
     }
 
+    func testAMismatchShowsBothSidesFramesWhicheverArrivesLast() {
+        // The secondary first, in pieces: the frame starting the differing
+        // bytes is the one shown, not the last one.
+        let s1 = secondary.segment(1000, "diff")
+        engine.secondaryFrame(s1, at: 0)
+        engine.secondaryFrame(secondary.segment(1004, "erent"), at: 1)
+        let p1 = primary.segment(1000, "answer: 42")
+        engine.primaryFrame(p1, at: 2)
+        let shown = engine.takeOutputs().compactMap { output -> [[UInt8]]? in
+            guard case let .mismatch(primaryFrames, secondaryFrame) = output else { return nil }
+            return primaryFrames + [secondaryFrame ?? []]
+        }
+        XCTAssertEqual(shown, [[p1, s1]])
+    }
+
     func testUnmatchedPrimaryExpiresAtItsPreciseDeadline() {
         engine.primaryFrame(primary.segment(1000, "a"), at: 3 * ms)
         engine.primaryFrame(primary.segment(1001, "b"), at: 5 * ms)
