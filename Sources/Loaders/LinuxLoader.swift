@@ -15,12 +15,19 @@ import GuestMemory
 ///     0x7000  boot parameters (4 KiB)
 ///     0x9000  PML4, 0xA000 PDPT, 0xB000-0xEFFF four page directories
 ///     0x20000 command line (up to 64 KiB)
+///
+/// and the ACPI tables (ACPITables.swift) then the MP tables (MPTable.swift)
+/// from 0xF0000, in the BIOS area the e820 map reserves.
 public enum LinuxLoader {
     static let gdtAddress: UInt64 = 0x500
     static let bootParamsAddress: UInt64 = 0x7000
     static let pageTableRoot: UInt64 = 0x9000
     static let commandLineAddress: UInt64 = 0x2_0000
     static let commandLineArea = 0x1_0000
+    /// The reserved BIOS area (MemoryMap): 64 KiB from here, where
+    /// kernels look for the ACPI RSDP and the MP floating pointer.
+    static let biosTablesAddress: UInt64 = 0xF_0000
+    static let biosTablesArea = 0x1_0000
     static let codeSelector: UInt16 = 0x10
     static let dataSelector: UInt16 = 0x18
 
@@ -49,15 +56,17 @@ public enum LinuxLoader {
         static let preferredAddress = 0x258
         static let initSize = 0x260
         // Boot parameters outside the setup header.
+        static let acpiRSDPAddress = 0x070
         static let e820Count = 0x1E8
         static let e820Table = 0x2D0
     }
 
     static let e820MaxEntries = 128
 
-    /// Loads `kernel` (and `initrd`) into `memory`.
+    /// Loads `kernel` (and `initrd`) into `memory`, with ACPI tables
+    /// describing `platform`.
     public static func load(_ kernel: some ImageSource, initrd: (some ImageSource)?, commandLine: String,
-                            into memory: GuestMemory) throws(LoaderError) -> BootEntry {
+                            platform: PlatformDescription, into memory: GuestMemory) throws(LoaderError) -> BootEntry {
         let map = try MemoryMap(memory)
         let header = try SetupHeader(kernel)
         let commandLineBytes = Array(commandLine.utf8)
@@ -75,6 +84,14 @@ public enum LinuxLoader {
         params.replaceSubrange(Field.setupSectors..<header.setupHeaderEnd, with: setupHeader)
         params[Field.typeOfLoader] = 0xFF
         put(UInt32(commandLineAddress), at: Field.commandLinePointer, in: &params)
+        let tables = ACPITables(platform, at: biosTablesAddress)
+        let mpTable = MPTable(platform, at: biosTablesAddress + UInt64((tables.bytes.count + 15) / 16 * 16))
+        let biosTablesEnd = mpTable.base + UInt64(mpTable.bytes.count)
+        guard biosTablesEnd <= biosTablesAddress + UInt64(biosTablesArea) else {
+            throw .doesNotFit("firmware tables for \(platform.vcpuCount) vCPUs exceed the \(biosTablesArea)-byte BIOS area")
+        }
+        // Read by kernels from boot protocol 2.14 on; older ones scan 0xE0000-0xFFFFF.
+        put(tables.rsdpAddress, at: Field.acpiRSDPAddress, in: &params)
 
         let kernelEnd = loadAddress + UInt64(header.initSize)
         if let initrd {
@@ -96,6 +113,8 @@ public enum LinuxLoader {
             try memory.write(params, at: bootParamsAddress)
             try memory.zero(at: commandLineAddress, count: commandLineArea)
             try memory.write(commandLineBytes, at: commandLineAddress)
+            try memory.write(tables.bytes, at: tables.base)
+            try memory.write(mpTable.bytes, at: mpTable.base)
             try writeGDT(memory)
             try writeIdentityMap(memory)
         } catch {

@@ -89,7 +89,8 @@ public final class VirtualMachine: @unchecked Sendable {
             case .linux(let fd, let initrdFD):
                 let initrd = try initrdFD.map { fd throws(LoaderError) in try FileImage(fd: fd, what: "initrd") }
                 entry = try LinuxLoader.load(try FileImage(fd: fd, what: "kernel"), initrd: initrd,
-                                             commandLine: configuration.commandLine, into: memory)
+                                             commandLine: configuration.commandLine,
+                                             platform: Self.platform(configuration), into: memory)
             }
         } catch {
             throw .loader(error)
@@ -180,6 +181,16 @@ public final class VirtualMachine: @unchecked Sendable {
         self.transports = transports
         let power = PowerControl { [weak self] in self?.end(.poweredOff) }
         ports.register(base: PowerControl.port, length: PowerControl.length, device: power)
+    }
+
+    /// What the Linux guest's ACPI tables describe: the vCPUs, the power
+    /// register and the virtio devices this configuration gets.
+    static func platform(_ configuration: VirtualMachineConfiguration) -> PlatformDescription {
+        var interrupts: [PlatformDescription.PciInterrupt] = []
+        if configuration.network != nil { interrupts.append(.init(slot: UInt8(netSlot), irq: netIRQ)) }
+        if configuration.block != nil { interrupts.append(.init(slot: UInt8(blockSlot), irq: blockIRQ)) }
+        return PlatformDescription(vcpuCount: configuration.vcpuCount, powerControlPort: PowerControl.port,
+                                   pciInterrupts: interrupts)
     }
 
     /// The VM keeps its own copies of backend fds: the caller's stay the

@@ -100,7 +100,8 @@ final class LinuxLoaderTests: XCTestCase {
         let image = SyntheticBzImage()
         let initrd = ByteImage((0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 3) })
         let entry = try LinuxLoader.load(ByteImage(image.bytes), initrd: initrd,
-                                         commandLine: "console=ttyS0 root=/dev/vda", into: memory)
+                                         commandLine: "console=ttyS0 root=/dev/vda", platform: .twoVcpus,
+                                         into: memory)
 
         XCTAssertEqual(entry.instructionPointer, 0x100_0000 + 0x200)
         XCTAssertEqual(entry.rsi, 0x7000)
@@ -147,11 +148,11 @@ final class LinuxLoaderTests: XCTestCase {
         image.preferredAddress = 0x4000_0000
         let memory = try GuestMemory(size: 16 << 20)
         let entry = try LinuxLoader.load(ByteImage(image.bytes), initrd: Optional<ByteImage>.none,
-                                         commandLine: "", into: memory)
+                                         commandLine: "", platform: .twoVcpus, into: memory)
         XCTAssertEqual(entry.instructionPointer, 0x20_0000 + 0x200, "1 MiB rounded up to kernel_alignment")
         image.relocatable = 0
         XCTAssertThrowsError(try LinuxLoader.load(ByteImage(image.bytes), initrd: Optional<ByteImage>.none,
-                                                  commandLine: "", into: memory)) { error in
+                                                  commandLine: "", platform: .twoVcpus, into: memory)) { error in
             guard case LoaderError.doesNotFit = error else { return XCTFail("\(error)") }
         }
     }
@@ -161,7 +162,8 @@ final class LinuxLoaderTests: XCTestCase {
         func error(_ image: [UInt8], commandLine: String = "", initrd: ByteImage? = nil,
                    ram: GuestMemory? = nil) -> LoaderError? {
             do {
-                _ = try LinuxLoader.load(ByteImage(image), initrd: initrd, commandLine: commandLine, into: ram ?? memory)
+                _ = try LinuxLoader.load(ByteImage(image), initrd: initrd, commandLine: commandLine,
+                                         platform: .twoVcpus, into: ram ?? memory)
                 return nil
             } catch {
                 return error
