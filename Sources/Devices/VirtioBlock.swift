@@ -125,8 +125,16 @@ public final class VirtioBlock: VirtioDeviceModel, @unchecked Sendable {
             submit(chain, device)
         }
         if device.onVcpuThread, !inFlight.isEmpty, !serviceDown {
+            // A kick (another device's interrupt waking this vCPU) ends the
+            // poll early with EINTR: wait out the rest.
+            let deadline = ContinuousClock.now.advanced(by: .milliseconds(Self.completionWaitMilliseconds))
             var entry = pollfd(fd: channel.fd.rawValue, events: Int16(POLLIN), revents: 0)
-            if poll(&entry, 1, Self.completionWaitMilliseconds) > 0 {
+            var ready: Int32
+            repeat {
+                let left = max(0, (deadline - .now) / .milliseconds(1))
+                ready = poll(&entry, 1, Int32(left.rounded(.up)))
+            } while ready < 0 && errno == EINTR
+            if ready > 0 {
                 backendReady(fd: channel.fd, revents: entry.revents, device: device)
             }
         }
@@ -143,8 +151,13 @@ public final class VirtioBlock: VirtioDeviceModel, @unchecked Sendable {
         serviceDown ? [] : [PollInterest(fd: channel.fd, events: Int16(POLLIN))]
     }
 
+    /// Takes completions while requests are outstanding: with the usual
+    /// one request in flight that is one recvmsg per completion, not a
+    /// second one to learn the socket is empty (poll reports the socket
+    /// again if a message is still waiting).
     public func backendReady(fd: FileDescriptor, revents: Int16, device: VirtioDeviceAccess) {
-        while !serviceDown {
+        guard !serviceDown else { return }
+        repeat {
             let received: (ColoBlockMessage, [FileDescriptor])?
             do {
                 received = try channel.receive()
@@ -162,7 +175,7 @@ public final class VirtioBlock: VirtioDeviceModel, @unchecked Sendable {
             default:
                 serviceLost("unexpected message from the block service", device)
             }
-        }
+        } while !serviceDown && !inFlight.isEmpty
     }
 
     private func submit(_ chain: DescriptorChain, _ device: VirtioDeviceAccess) {

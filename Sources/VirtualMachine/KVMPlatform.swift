@@ -4,13 +4,21 @@ import SystemPackage
 
 /// An ISA interrupt line driven through KVM_IRQ_LINE (the in-kernel PIC
 /// and IOAPIC input of the same number).
+///
+/// Raising it from a thread other than a vCPU's also wakes the vCPUs:
+/// this machine's KVM (a software emulator, DESIGN.md section 9) leaves a
+/// halted vCPU asleep until its next host timer tick (up to 4 ms) when an
+/// interrupt comes from another thread, and a guest that halts to wait for
+/// a block completion or a frame paid that on every one.
 struct KVMInterruptLine: InterruptLine {
     let vm: KVMVirtualMachine
     let gsi: UInt32
+    let vcpus: [VcpuRunner]
 
     func set(high: Bool) {
         // Fails only for a GSI the irqchip lacks: ours are ISA lines it has.
         try? vm.setInterruptLine(gsi, high: high)
+        if high { vcpus.forEach { $0.wakeFromHalt() } }
     }
 }
 

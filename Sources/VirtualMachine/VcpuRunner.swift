@@ -125,6 +125,17 @@ final class VcpuRunner: @unchecked Sendable {
         }
     }
 
+    /// Interrupts a KVM_RUN under way on another thread (the loop enters
+    /// it again at once), so KVM looks at newly raised interrupts now; a
+    /// no-op on the vCPU's own thread, whose next KVM_RUN sees them anyway.
+    func wakeFromHalt() {
+        threadLock.withLock {
+            if threadID != 0 && pthread_equal(pthread_t(threadID), pthread_self()) == 0 {
+                pthread_kill(pthread_t(threadID), Self.kickSignal)
+            }
+        }
+    }
+
     /// Waits for a started thread to end.
     func waitUntilStopped() {
         finished.wait()

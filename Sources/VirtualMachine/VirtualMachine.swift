@@ -124,7 +124,7 @@ public final class VirtualMachine: @unchecked Sendable {
             throw .devices("eventfd: \(error)")
         }
         let kvm = self.kvm
-        serial = Serial8250(interrupt: KVMInterruptLine(vm: kvm, gsi: Serial8250.com1IRQ), output: consoleOutput)
+        serial = Serial8250(interrupt: KVMInterruptLine(vm: kvm, gsi: Serial8250.com1IRQ, vcpus: vcpus), output: consoleOutput)
         ports.register(base: Serial8250.com1Base, length: 8, device: serial)
         let pci = PciBus()
         pci.attach(PciHostBridge(), slot: 0)
@@ -138,7 +138,7 @@ public final class VirtualMachine: @unchecked Sendable {
                                   interestsChanged: { loop.wake() }, onEvent: onDeviceEvent)
             let transport = VirtioPciTransport(
                 model: model, memory: memory, ports: ports, ioBase: Self.netIOBase, irq: Self.netIRQ,
-                interrupt: KVMInterruptLine(vm: kvm, gsi: UInt32(Self.netIRQ)), registrar: registrar,
+                interrupt: KVMInterruptLine(vm: kvm, gsi: UInt32(Self.netIRQ), vcpus: vcpus), registrar: registrar,
                 onFailure: { onDeviceEvent("virtio-net failed: \($0)") }, wakeDeviceThread: { loop.wake() })
             pci.attach(transport, slot: Self.netSlot)
             transports.append(transport)
@@ -170,7 +170,7 @@ public final class VirtualMachine: @unchecked Sendable {
             let model = VirtioBlock(disk: disk, channel: channel, onEvent: onDeviceEvent)
             let transport = VirtioPciTransport(
                 model: model, memory: memory, ports: ports, ioBase: Self.blockIOBase, irq: Self.blockIRQ,
-                interrupt: KVMInterruptLine(vm: kvm, gsi: UInt32(Self.blockIRQ)), registrar: registrar,
+                interrupt: KVMInterruptLine(vm: kvm, gsi: UInt32(Self.blockIRQ), vcpus: vcpus), registrar: registrar,
                 onFailure: { onDeviceEvent("virtio-blk failed: \($0)") }, wakeDeviceThread: { loop.wake() })
             pci.attach(transport, slot: Self.blockSlot)
             transports.append(transport)
