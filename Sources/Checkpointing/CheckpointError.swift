@@ -37,9 +37,13 @@ public struct ReplicationOptions: Sendable {
     public var maxDowntime: Duration
     /// Live migration: advise stop-and-copy after this many rounds.
     public var maxRounds: Int
+    /// Secondary: the SVM is a migration target that does not run before
+    /// the first commit, so pages go straight into its RAM too until then.
+    public var incoming: Bool
 
     public init(verify: Bool = false, peerTimeout: Duration = .seconds(5), threads: Int = availableCPUs(),
-                maxDowntime: Duration = .milliseconds(100), maxRounds: Int = 30) {
+                maxDowntime: Duration = .milliseconds(100), maxRounds: Int = 30, incoming: Bool = false) {
+        self.incoming = incoming
         self.verify = verify
         self.peerTimeout = peerTimeout
         self.threads = max(1, threads)

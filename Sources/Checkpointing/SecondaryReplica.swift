@@ -17,6 +17,14 @@ import SharedMemory
 /// and the pages the SVM dirtied (its own dirty log) is copied cache -> RAM
 /// on several threads, and the commit is acknowledged to the primary.
 ///
+/// `receive` waits for the same arrival without writing RAM, so that vmmd
+/// can check the device state first; `refuse` then discards the checkpoint.
+///
+/// An incoming target (`ReplicationOptions.incoming`: a VM prepared for a
+/// live migration, which never runs before the first commit) also gets
+/// each page in its RAM as the page arrives, until that first commit: the
+/// stop-and-copy then copies nothing it already has.
+///
 /// A checkpoint that does not arrive whole never reaches the SVM's RAM. The
 /// cache may then hold some of its pages (even a torn one): they stay in
 /// `received`, so any later commit copies them again, by which time the
@@ -36,6 +44,10 @@ public final class SecondaryReplica: @unchecked Sendable {
         var sequence: UInt64 = 1
         var committed: UInt64 = 0
         var received: PageBitmap
+        /// Cache pages ever written with data (the rest are still zero).
+        var written: PageBitmap
+        /// Incoming target before its first commit: pages go to RAM too.
+        var mirroring: Bool
         var channelEnded: [Bool]
         var channelPages: [UInt64]
         var deviceState: [UInt8]?
@@ -77,7 +89,8 @@ public final class SecondaryReplica: @unchecked Sendable {
         self.guarded = GuardedLink(link)
         self.options = options
         self.receivers = link.pages.map { PageReceiver(socket: $0, memory: cache.base, pageCount: pageCount) }
-        var initial = State(received: PageBitmap(pageCount: pageCount),
+        var initial = State(received: PageBitmap(pageCount: pageCount), written: PageBitmap(pageCount: pageCount),
+                            mirroring: options.incoming,
                             channelEnded: Array(repeating: false, count: link.pages.count),
                             channelPages: Array(repeating: 0, count: link.pages.count))
         initial.threadsAlive = link.pages.count + 1
@@ -126,7 +139,9 @@ public final class SecondaryReplica: @unchecked Sendable {
     public func commit(guestDirty: PageBitmap) throws(CheckpointError) -> CommitReport {
         let start = monotonicNanoseconds()
         guard guestDirty.pageCount == pageCount else { throw .invalidArgument("bitmap over another RAM size") }
-        let (sequence, deviceState, end, pages) = try awaitWhole(since: start, guestDirty: guestDirty)
+        // An incoming target never ran: nothing of its own to overwrite.
+        let incoming = state.withLock { $0.mirroring }
+        let (sequence, deviceState, end, pages) = try awaitWhole(since: start, guestDirty: incoming ? nil : guestDirty)
         let copyStart = monotonicNanoseconds()
         copy(pages)
         let copyDone = monotonicNanoseconds()
@@ -138,6 +153,7 @@ public final class SecondaryReplica: @unchecked Sendable {
         }
         state.withLock(notify: true) { s in
             s.received.removeAll()
+            s.mirroring = false
             s.committed = sequence
             s.sequence = sequence + 1
             for index in s.channelEnded.indices {
@@ -246,6 +262,20 @@ public final class SecondaryReplica: @unchecked Sendable {
         }
     }
 
+    /// Incoming target before its first commit: the pages just received go
+    /// cache -> RAM at once (their data, or zeros where RAM held data).
+    /// RAM of a VM that never ran is written by nothing else, so what was
+    /// never written there is zero, like the cache.
+    private func copyIntoMemory(_ pages: [Int], clearing zeroPages: [Int]) {
+        for page in pages {
+            let offset = page * PageFrame.pageSize
+            memcpy(memory.base + offset, cache.base + offset, PageFrame.pageSize)
+        }
+        for page in zeroPages {
+            memset(memory.base + page * PageFrame.pageSize, 0, PageFrame.pageSize)
+        }
+    }
+
     private struct CopyJob: @unchecked Sendable {
         let source: UnsafeRawPointer
         let destination: UnsafeMutableRawPointer
@@ -271,8 +301,29 @@ public final class SecondaryReplica: @unchecked Sendable {
                 }
                 switch header.kind {
                 case .pages:
-                    let received = try receiver.receivePages(count: header.count) { pages in
-                        state.withLock { s in for page in pages { s.received.insert(page) } }
+                    var mirror: (pages: [Int], zeroPages: [Int], cleared: [Int])?
+                    let received = try receiver.receivePages(count: header.count) { pages, zeroPages in
+                        state.withLock { s in
+                            var cleared: [Int] = []
+                            for page in zeroPages {
+                                s.received.insert(page)
+                                if s.written.contains(page) { cleared.append(page) }
+                            }
+                            for page in pages {
+                                s.received.insert(page)
+                                s.written.insert(page)
+                            }
+                            if s.mirroring { mirror = (pages, zeroPages, cleared) }
+                            return cleared
+                        }
+                    }
+                    if let mirror {
+                        copyIntoMemory(mirror.pages, clearing: mirror.cleared)
+                        state.withLock { s in
+                            guard s.mirroring else { return }
+                            for page in mirror.pages { s.received.remove(page) }
+                            for page in mirror.zeroPages { s.received.remove(page) }
+                        }
                     }
                     state.withLock { s in
                         s.channelPages[index] += UInt64(received.pages)

@@ -65,6 +65,10 @@ public struct PageBitmap: Sendable, Equatable {
         words[page >> 6] |= 1 << UInt64(page & 63)
     }
 
+    public mutating func remove(_ page: Int) {
+        words[page >> 6] &= ~(1 << UInt64(page & 63))
+    }
+
     /// Adds every page of `other` (same page count).
     public mutating func formUnion(_ other: PageBitmap) {
         precondition(other.pageCount == pageCount, "bitmaps over different RAM sizes")

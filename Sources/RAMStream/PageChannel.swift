@@ -98,8 +98,12 @@ public struct PageReceiver: @unchecked Sendable {
 
     /// Receives the body of a pages frame with `count` entries: reads and
     /// validates all entries, tells `willWrite` which pages are about to
-    /// change, then writes them (zero pages cleared, others received).
-    public func receivePages(count: Int, willWrite: ([Int]) -> Void) throws(RAMStreamError) -> PageSender.Sent {
+    /// change (pages with data, zero pages), then writes them: the data
+    /// received, and zeros over the zero pages `willWrite` returns (the
+    /// others it knows to be zero already: writing them would only fault
+    /// in memory that nobody wrote).
+    public func receivePages(count: Int, willWrite: (_ pages: [Int], _ zeroPages: [Int]) -> [Int])
+        throws(RAMStreamError) -> PageSender.Sent {
         let entryBytes = try socket.receive(count: count * PageFrame.entrySize, idle: false)
         var pages: [Int] = []
         var zeroPages: [Int] = []
@@ -111,8 +115,8 @@ public struct PageReceiver: @unchecked Sendable {
                 if entry.zero { zeroPages.append(entry.page) } else { pages.append(entry.page) }
             }
         }
-        willWrite(pages + zeroPages)
-        for page in zeroPages {
+        let cleared = willWrite(pages, zeroPages)
+        for page in cleared {
             (memory + page * PageFrame.pageSize).initializeMemory(as: UInt8.self, repeating: 0, count: PageFrame.pageSize)
         }
         var vectors: [iovec] = []

@@ -30,6 +30,15 @@ public final class MemoryMapping: @unchecked Sendable {
         self.writable = writable
     }
 
+    /// Allocates and maps every page now (MADV_POPULATE_WRITE), so that
+    /// writing it later takes no page fault: on a host where a fault costs
+    /// tens of µs (nested or software virtualisation), a first pass over
+    /// fresh memory runs several times slower than memcpy otherwise.
+    public func populate() throws(MemoryMappingError) {
+        precondition(writable, "only a writable mapping can be populated for writing")
+        guard madvise(base, size, MADV_POPULATE_WRITE) == 0 else { throw .system("madvise(MADV_POPULATE_WRITE)", Errno(rawValue: errno)) }
+    }
+
     deinit {
         munmap(base, size)
     }

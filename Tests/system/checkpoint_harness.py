@@ -437,17 +437,26 @@ def ram_digest(fd: int, size: int) -> str:
 class VmReplication:
     """A CheckpointPair on the RAM memfds of two real vmmds (vmm.Vmmd),
     driven as supervisord drives it. `source` is the primary's vmmd, `target`
-    the secondary's (a VM prepared for incoming state, or one that already
-    runs as the secondary). Keeps both RAM memfds for hashing."""
+    the secondary's (a VM prepared for incoming state: pass incoming=True;
+    or one that already runs as the secondary). Keeps both RAM memfds for
+    hashing."""
 
-    def __init__(self, source, target, channels: int = 2, verify: bool = True, **options):
+    def __init__(self, source, target, channels: int = 2, verify: bool = True, incoming: bool = False,
+                 **options):
         self.source, self.target = source, target
+        # A target that never ran has nothing of its own to overwrite at
+        # the first commit; its log goes on now (the first sync), before it
+        # runs, so that it names the target's own writes from then on.
+        self.target_never_ran = incoming
+        if incoming:
+            self.target.sync_dirty_log()
         self.source_memory = source.guest_memory()
         self.target_memory = target.guest_memory()
         self.memory_bytes = os.fstat(self.source_memory).st_size
         assert os.fstat(self.target_memory).st_size == self.memory_bytes
         self.pair = CheckpointPair(self.memory_bytes // PAGE, channels=channels, verify=verify,
-                                   memory_fds=(self.source_memory, self.target_memory), **options)
+                                   memory_fds=(self.source_memory, self.target_memory), incoming=incoming,
+                                   **options)
         for reply in self.pair.attached:
             _expect(reply, "checkpoint_attached")
 
@@ -498,19 +507,21 @@ class VmReplication:
         commit. Returns the replies and timings."""
         started = time.monotonic()
         self.source.pause()
-        target_was_running = self.target.status().state == colo_proto.vmmd.VM_STATE_RUNNING
-        if target_was_running:
-            self.target.pause()
+        if self.target_never_ran:
+            target_dirty_pages, target_bitmap = 0, bytes((self.memory_bytes // PAGE + 63) // 64 * 8)
+        else:
+            self.target.pause()  # answered at once when already paused
+            # The pages the target dirtied itself (a first sync names
+            # every page; the first checkpoint of a pairing copies every
+            # page anyway).
+            target_log, target_bitmap = self.target.sync_dirty_log()
+            target_dirty_pages = 0 if target_log.all_pages else target_log.dirty_pages
         _, source_bitmap = self.source.sync_dirty_log()
-        # The pages the target dirtied itself (its first sync turns the
-        # log on and names every page; the first checkpoint of a pairing
-        # copies every page anyway).
-        target_log, target_bitmap = self.target.sync_dirty_log()
         blob = self.source.save_state()
         if tamper is not None:
             blob = tamper(blob)
         figures = {"paused_to_state_s": time.monotonic() - started,
-                   "target_dirty_pages": 0 if target_log.all_pages else target_log.dirty_pages}
+                   "target_dirty_pages": target_dirty_pages}
         self._start_take(source_bitmap, blob)
         reply, fds = self.pair.secondary.call_with_fds(checkpoint_receive=None)
         figures["received"] = reply
@@ -545,6 +556,7 @@ class VmReplication:
             before_resume(figures)
         if resume_target:
             self.target.resume()
+            self.target_never_ran = False
         if resume_source:
             self.source.resume()
         figures["downtime_s"] = time.monotonic() - started

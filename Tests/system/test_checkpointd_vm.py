@@ -79,7 +79,7 @@ def test_live_migration_between_vmmds(client, disk):
             _, count_before = http_get(client)
             traffic = Traffic(client)
             b.prepare(disk, client, forwarder)
-            replication = VmReplication(a.vmmd, b.vmmd, channels=2, verify=True)
+            replication = VmReplication(a.vmmd, b.vmmd, channels=2, verify=True, incoming=True)
             rounds = replication.precopy()
             assert rounds[0].last_round_pages == PAGES and rounds[0].bytes_per_second > 0, rounds[0]
             assert rounds[-1].stop_and_copy_advised and len(rounds) >= 2, rounds
@@ -152,7 +152,7 @@ def test_colo_checkpoints_refused_state_and_killed_primary(client, disk, tmp_pat
             boot(a, disk, client, forwarder, dirty=8)
             shutil.copy(disk, svm_disk)
             prepare_secondary(b, svm_disk)
-            replication = VmReplication(a.vmmd, b.vmmd, channels=2, verify=True)
+            replication = VmReplication(a.vmmd, b.vmmd, channels=2, verify=True, incoming=True)
             replication.precopy()
             first = replication.checkpoint()
             assert first["committed"].verification.identical, first["committed"]

@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "87560f00114681b1452aa9c91f6608ebc2f00d0bd57e299109770d6a4b090ecc"
+package let generatedFromProtoSourcesSHA256 = "e9d6eb84f095ce7d2ba7e1c7db03627e854beb8a124ade6c43d52cbfc73ee978"

@@ -156,6 +156,15 @@ public nonisolated struct ColoCheckpointAttach: Sendable {
   /// whatever the dirty rate; 0: 30.
   public var maxRounds: UInt32 = 0
 
+  /// Secondary: the SVM is a VM prepared for incoming state (a live
+  /// migration's target, VmPrepareIncoming) and does not run before the
+  /// first commit. Until then pages are written into its RAM as they
+  /// arrive, as well as into the colo-cache, so the stop-and-copy commit
+  /// copies only what is still missing instead of all of RAM, and the first
+  /// commit's guest dirty bitmap is ignored (the VM never ran). A migration
+  /// that fails leaves such a target half-filled: discard it.
+  public var incoming: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -596,7 +605,7 @@ nonisolated extension ColoCheckpointRole: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension ColoCheckpointAttach: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".CheckpointAttach"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}role\0\u{3}guest_memory\0\u{3}control_channel\0\u{3}page_channels\0\u{1}verify\0\u{3}copy_threads\0\u{3}peer_timeout_ms\0\u{3}max_downtime_ms\0\u{3}max_rounds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}role\0\u{3}guest_memory\0\u{3}control_channel\0\u{3}page_channels\0\u{1}verify\0\u{3}copy_threads\0\u{3}peer_timeout_ms\0\u{3}max_downtime_ms\0\u{3}max_rounds\0\u{1}incoming\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -613,6 +622,7 @@ nonisolated extension ColoCheckpointAttach: SwiftProtobuf.Message, SwiftProtobuf
       case 7: try { try decoder.decodeSingularUInt32Field(value: &self.peerTimeoutMs) }()
       case 8: try { try decoder.decodeSingularUInt32Field(value: &self.maxDowntimeMs) }()
       case 9: try { try decoder.decodeSingularUInt32Field(value: &self.maxRounds) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.incoming) }()
       default: break
       }
     }
@@ -650,6 +660,9 @@ nonisolated extension ColoCheckpointAttach: SwiftProtobuf.Message, SwiftProtobuf
     if self.maxRounds != 0 {
       try visitor.visitSingularUInt32Field(value: self.maxRounds, fieldNumber: 9)
     }
+    if self.incoming != false {
+      try visitor.visitSingularBoolField(value: self.incoming, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -663,6 +676,7 @@ nonisolated extension ColoCheckpointAttach: SwiftProtobuf.Message, SwiftProtobuf
     if lhs.peerTimeoutMs != rhs.peerTimeoutMs {return false}
     if lhs.maxDowntimeMs != rhs.maxDowntimeMs {return false}
     if lhs.maxRounds != rhs.maxRounds {return false}
+    if lhs.incoming != rhs.incoming {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
