@@ -334,6 +334,17 @@ def test_http_pipelining_close_and_bad_requests(client, disk, tmp_path):
         finally:
             conn.close()
 
+        # A reply does not wait for the request's body, which is then skipped.
+        conn = HttpConnection(client)
+        try:
+            conn.send(b"POST / HTTP/1.1\r\nHost: guest\r\nContent-Length: 10\r\n\r\n12345")
+            assert conn.count() == total + 1
+            conn.send(b"67890" + conn.format())
+            assert conn.count() == total + 2
+            total += 2
+        finally:
+            conn.close()
+
         # HTTP/1.0 is unchanged: one reply, "Connection: close", then EOF
         # (http_get reads to EOF) ...
         assert http_get(client) == (200, total + 1)

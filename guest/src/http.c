@@ -199,10 +199,6 @@ static int flush(struct conn *c)
 static err_t serve(struct conn *c)
 {
     for (;;) {
-        skip_body(c);
-        if (c->discard)
-            break;                                  /* more body to come */
-        refill(c);
         if (c->out_len) {
             int f = flush(c);
             if (f < 0)
@@ -212,6 +208,10 @@ static err_t serve(struct conn *c)
         }
         if (c->close_after)
             return conn_close(c);
+        skip_body(c);
+        if (c->discard)
+            break;                                  /* more body to come */
+        refill(c);
         skip_blank_lines(c);
         int head = http_head_length(c->in, c->in_len);
         if (head < 0 && c->in_len < HTTP_HEAD_MAX)
