@@ -61,7 +61,7 @@ def ours(ns: netns.NetNS, disk: Path, args) -> dict:
             progress = replication.pair.primary.status().progress
             a.finish()
             b.finish()
-            return {"total_ms": total * 1000, "downtime_ms": figures["downtime_s"] * 1000,
+            return {"steps": figures["steps"], "total_ms": total * 1000, "downtime_ms": figures["downtime_s"] * 1000,
                     "rounds": len(rounds), "mbytes": progress.bytes_transferred / 1e6,
                     "checkpointd_pause_ms": figures["taken"].total_us / 1000,
                     "attach_ms": (started - attaching) * 1000}
@@ -121,6 +121,10 @@ def main() -> int:
                 print(f"run {run + 1}: " + "; ".join(
                     f"{name} total {r[-1]['total_ms']:.0f} ms downtime {r[-1]['downtime_ms']:.0f} ms"
                     for name, r in results.items()), flush=True)
+    steps = {name: statistics.median(r["steps"][name] for r in results["ours"]) for name in results["ours"][0]["steps"]}
+    for runs in results.values():
+        for r in runs:
+            r.pop("steps", None)
     median = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
               for name, runs in results.items()}
     print(f"\n{args.memory_mib} MiB guest, dirtier {args.dirty} MiB/s, {args.runs} runs, medians:")
@@ -133,6 +137,8 @@ def main() -> int:
               f"downtime {median['ours']['downtime_ms'] / median[name]['downtime_ms']:.2f}x")
     print(f"checkpointd's own share of our downtime (take to commit acknowledged): "
           f"{median['ours']['checkpointd_pause_ms']:.1f} ms; best QEMU downtime: {best}")
+    print("our downtime, step by step (ms since the source's pause request, medians): "
+          + ", ".join(f"{name} {ms:.1f}" for name, ms in steps.items()))
     print(f"ours, before the total: pairing the two checkpointds (authentication, colo-cache and "
           f"target RAM faulted in): {median['ours']['attach_ms']:.0f} ms")
     return 0

@@ -499,14 +499,22 @@ class VmReplication:
         """One checkpoint (the stop-and-copy of a migration is one too):
         pause both VMs, dirty logs, source state -> CheckpointTake; on the
         target CheckpointReceive, its vmmd checks the device state
-        (VmStateLoad check_only), CheckpointCommit with the target's dirty
+        (VmStateLoad check_only; not for a target that never ran, which a
+        failed load discards anyway), CheckpointCommit with the target's dirty
         bitmap, VmStateLoad, then resume. `tamper(blob) -> blob` alters the
         state sent (a blob vmmd refuses: the target is sent
         CheckpointRefuse instead and stays paused on its last commit).
         `before_resume(figures)` runs with both VMs paused after the
-        commit. Returns the replies and timings."""
+        commit. Returns the replies and timings (`steps`: ms from the
+        source's pause request to the end of each step)."""
         started = time.monotonic()
+        steps = {}
+
+        def step(name: str) -> None:
+            steps[name] = (time.monotonic() - started) * 1000
+
         self.source.pause()
+        step("source paused")
         if self.target_never_ran:
             target_dirty_pages, target_bitmap = 0, bytes((self.memory_bytes // PAGE + 63) // 64 * 8)
         else:
@@ -517,14 +525,17 @@ class VmReplication:
             target_log, target_bitmap = self.target.sync_dirty_log()
             target_dirty_pages = 0 if target_log.all_pages else target_log.dirty_pages
         _, source_bitmap = self.source.sync_dirty_log()
+        step("dirty logs synced")
         blob = self.source.save_state()
+        step("state saved")
         if tamper is not None:
             blob = tamper(blob)
         figures = {"paused_to_state_s": time.monotonic() - started,
-                   "target_dirty_pages": target_dirty_pages}
+                   "target_dirty_pages": target_dirty_pages, "steps": steps}
         self._start_take(source_bitmap, blob)
         reply, fds = self.pair.secondary.call_with_fds(checkpoint_receive=None)
         figures["received"] = reply
+        step("checkpoint received")
         if reply.WhichOneof("body") != "checkpoint_received":
             figures["taken"] = self._finish_take()
             return figures
@@ -534,9 +545,12 @@ class VmReplication:
         finally:
             for fd in fds:
                 os.close(fd)
-        check = self.target.load_state(state, check_only=True)
+        # A target that never ran is discarded if its load fails: nothing
+        # of it to keep, no check needed before the commit.
+        check = None if self.target_never_ran else self.target.load_state(state, check_only=True)
         figures["check"] = check
-        if check.WhichOneof("body") != "vm_state_loaded":
+        step("state checked")
+        if check is not None and check.WhichOneof("body") != "vm_state_loaded":
             refuse = checkpointd_pb2.CheckpointRefuse(reason=f"vmmd refused the device state: {check.error.message}")
             figures["refused"] = self.pair.secondary.call(checkpoint_refuse=refuse)
             figures["taken"] = self._finish_take()
@@ -549,14 +563,18 @@ class VmReplication:
                                            "checkpoint_committed")
         finally:
             os.close(fd)
+        step("committed")
         _expect(self.target.load_state(state), "vm_state_loaded")
+        step("state loaded")
         figures["taken"] = _expect(self._finish_take(), "checkpoint_taken")
+        step("take answered")
         figures["switchover_s"] = time.monotonic() - started
         if before_resume is not None:
             before_resume(figures)
         if resume_target:
             self.target.resume()
             self.target_never_ran = False
+            step("target resumed")
         if resume_source:
             self.source.resume()
         figures["downtime_s"] = time.monotonic() - started
