@@ -104,7 +104,8 @@ def main() -> None:
     for name, used in zip(("primary", "secondary"), compared["stream_cpu"]):
         print(f"{f'stream per {name} proxyd core (Mbit/s)':34} {'':10} {bits / used / 1e6:10.1f}"
               f"   ({used:.2f} CPU s for {compared['stream']['seconds']:.2f} s)")
-    print(f"checkpoints requested during the run: {counters.checkpoints_requested}", file=sys.stderr)
+    print(f"checkpoints requested during the run: {counters.checkpoints_requested}, frames the receiving "
+          f"side had no room for: {counters.undeliverable_frames}", file=sys.stderr)
 
 
 if __name__ == "__main__":
