@@ -49,13 +49,13 @@ final class ReplicatedPair {
     let secondary: SecondaryReplica
     let pageCount: Int
 
-    init(pages: Int, channels: Int, verify: Bool = false, timeout: Duration = .seconds(3)) throws {
+    init(pages: Int, channels: Int, verify: Bool = false, timeout: Duration = .seconds(3), incoming: Bool = false) throws {
         pageCount = pages
         primaryRAM = try guestMemory(pages: pages).1
         secondaryRAM = try guestMemory(pages: pages).1
         let cache = try guestMemory(pages: pages).1
         let pairs = try tcpPairs(channels + 1)
-        let options = ReplicationOptions(verify: verify, peerTimeout: timeout, threads: 2)
+        let options = ReplicationOptions(verify: verify, peerTimeout: timeout, threads: 2, incoming: incoming)
         nonisolated(unsafe) var secondaryLink: Result<CheckpointLink, CheckpointError>?
         let done = DispatchSemaphoreLite()
         let size = pages * 4096

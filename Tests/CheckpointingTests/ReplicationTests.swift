@@ -39,6 +39,47 @@ final class ReplicationTests: XCTestCase {
         }
     }
 
+    /// A migration target (incoming) has each page in its RAM as soon as it
+    /// arrives, zero pages over earlier data included, so the stop-and-copy
+    /// commit copies nothing and ignores the target's dirty bitmap; after
+    /// that first commit the target's RAM is only written at commits.
+    func testIncomingTargetGetsPagesAsTheyArrive() throws {
+        let pair = try ReplicatedPair(pages: 512, channels: 2, incoming: true)
+        for page in 0..<512 where page % 4 != 0 { pair.write(page: page, byte: UInt8(page % 251) + 1) }
+        _ = try pair.primary.queueRound(nil)
+        func waitReceived(_ pages: UInt64) {
+            while pair.secondary.progress.pagesReceived < pages { usleep(1000) }
+        }
+        waitReceived(512)
+        XCTAssertTrue(pair.ramIdentical, "pages reach the target's RAM before any commit")
+        var dirty = PageBitmap(pageCount: 512)
+        pair.write(page: 5, byte: 0)  // data, then a zero page
+        dirty.insert(5)
+        _ = try pair.primary.queueRound(dirty)
+        waitReceived(513)
+        XCTAssertTrue(pair.ramIdentical)
+        var last = PageBitmap(pageCount: 512)
+        pair.write(page: 9, byte: 0xAB)
+        last.insert(9)
+        let (_, first) = try pair.checkpoint(last, secondaryDirty: PageBitmap.full(pageCount: 512))
+        XCTAssertEqual(first.pagesCopied, 0)
+        XCTAssertTrue(pair.ramIdentical)
+
+        // From now on a running secondary: pages wait in the cache for the commit.
+        var next = PageBitmap(pageCount: 512)
+        pair.write(page: 20, byte: 0x55)
+        next.insert(20)
+        _ = try pair.primary.queueRound(next)
+        waitReceived(515)
+        XCTAssertFalse(pair.ramIdentical, "a page sent after the first commit waits for the next")
+        var secondaryDirty = PageBitmap(pageCount: 512)
+        (pair.secondaryRAM.base + 100 * 4096).storeBytes(of: 0xEE, as: UInt8.self)
+        secondaryDirty.insert(100)
+        let (_, second) = try pair.checkpoint(PageBitmap(pageCount: 512), secondaryDirty: secondaryDirty)
+        XCTAssertEqual(second.pagesCopied, 2)
+        XCTAssertTrue(pair.ramIdentical)
+    }
+
     func testRoundsBetweenCheckpointsShrinkTheCheckpoint() throws {
         let pair = try ReplicatedPair(pages: 512, channels: 2)
         _ = try pair.primary.queueRound(nil)
