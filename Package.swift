@@ -216,7 +216,7 @@ let package = Package(
         .testTarget(name: "SystemdTests", dependencies: ["Systemd"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "NBDTests", dependencies: [
-            "NBD", "BlockDevice", "BlockImages", "BlockReplication",
+            "NBD", "BlockDevice", "BlockImages", "BlockReplication", "ControlSocket",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "BlockImagesTests", dependencies: ["BlockImages", "BlockDevice"]),

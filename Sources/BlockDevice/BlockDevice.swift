@@ -57,6 +57,18 @@ extension BlockDevice {
     }
 }
 
+/// A device that can put a write in its order as soon as it has the data
+/// and apply it afterwards, so whoever is waiting is answered before the
+/// apply's I/O. The secondary's disk takes the primary's writes this way:
+/// the write is ordered before every later request, checkpoint and
+/// failover, and an apply that fails afterwards makes each of those fail.
+public protocol EarlyAcknowledgingDevice: BlockDevice {
+    /// Writes `data` at `offset` (not durable: FUA writes take the plain
+    /// path), calling `acknowledge` once the write is ordered. An error
+    /// thrown before `acknowledge` ran means the write did not happen.
+    func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, acknowledge: () -> Void) throws(BlockError)
+}
+
 /// What a device supports beyond reads and writes.
 public struct BlockFeatures: Sendable, Equatable {
     public var readOnly: Bool

@@ -17,6 +17,10 @@ import Glibc
 /// The bitmap is mapped shared, so every bit set is in the page cache at
 /// once: a killed blockd leaves a consistent overlay behind. Data is
 /// written before its bit, so a set bit always covers written data.
+/// Unallocated sectors read as zeros (opening an existing overlay clears
+/// what a killed blockd wrote without setting its bit), so marking them
+/// allocated as zeros costs no I/O: the copy-before-write of a hole is a
+/// bit flip.
 ///
 /// An in-memory set of the non-zero bitmap words makes emptying cost time
 /// in proportion to what the overlay holds (one hole punched and one word
@@ -57,6 +61,7 @@ public final class OverlayImage: @unchecked Sendable {
         self.path = path
         self.capacity = capacity
         self.fd = fd
+        var existed = false
         do throws(BlockError) {
             var status = stat()
             guard fstat(fd, &status) == 0 else { throw .io(operation: "fstat \(path)", errno: errno) }
@@ -67,6 +72,7 @@ public final class OverlayImage: @unchecked Sendable {
                 }
             } else {
                 try Self.checkHeader(fd: fd, path: path, capacity: capacity, dataOffset: dataOffset)
+                existed = true
             }
             let mapped = mmap(nil, mappedLength, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(Self.bitmapOffset))
             guard let mapped, mapped != MAP_FAILED else { throw .io(operation: "mmap \(path)", errno: errno) }
@@ -78,6 +84,18 @@ public final class OverlayImage: @unchecked Sendable {
         for index in 0..<bitmapWords where bitmap[index] != 0 {
             nonEmptyWords.insert(index)
             allocatedSectors += UInt64(bitmap[index].nonzeroBitCount)
+        }
+        // Throwing from here on runs deinit, which unmaps and closes.
+        if existed { try clearUnallocated() }
+    }
+
+    /// Punches the gaps between allocated runs, so every unallocated
+    /// sector reads as zeros. Costs one hole per run, not the disk's size.
+    private func clearUnallocated() throws(BlockError) {
+        var next: UInt64 = 0
+        for run in allocatedRuns() + [sectorCount..<sectorCount] {
+            try FileIO.zero(fd, at: dataOffset + next * Self.sectorSize, length: (run.lowerBound - next) * Self.sectorSize)
+            next = run.upperBound
         }
     }
 
@@ -193,11 +211,13 @@ public final class OverlayImage: @unchecked Sendable {
         markAllocated(sector..<(sector + UInt64(data.count) / Self.sectorSize))
     }
 
-    /// Marks sectors allocated as zeros (shadowing what lies below).
+    /// Marks sectors allocated as zeros (shadowing what lies below). Only
+    /// sectors already allocated need their data cleared.
     public func zeroSectors(_ sectors: Range<UInt64>) throws(BlockError) {
-        guard !sectors.isEmpty else { return }
-        try FileIO.zero(fd, at: dataOffset + sectors.lowerBound * Self.sectorSize,
-                        length: UInt64(sectors.count) * Self.sectorSize)
+        for run in runs(sectors) where run.allocated {
+            try FileIO.zero(fd, at: dataOffset + run.sectors.lowerBound * Self.sectorSize,
+                            length: UInt64(run.sectors.count) * Self.sectorSize)
+        }
         markAllocated(sectors)
     }
 

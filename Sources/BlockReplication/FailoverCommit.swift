@@ -36,6 +36,7 @@ public struct FailoverCommit: Sendable {
     /// Commits the overlays of `disk` into its secondary disk.
     public func run(_ disk: SecondaryDisk) throws(BlockError) {
         try disk.locked { () throws(BlockError) in
+            try disk.checkApplied()
             try record(.copying)
             try copyDown(disk)
             try record(.emptying)

@@ -21,7 +21,15 @@ public final class SecondaryDisk: Sendable {
     let lock = Lock()
     /// Set at failover: the old primary's writes are refused from then on.
     private nonisolated(unsafe) var fenced = false
+    /// Set (under the lock) when an early-acknowledged write failed.
+    nonisolated(unsafe) var applyFailure: BlockError?
     static let sector = OverlayImage.sectorSize
+    /// The most copy-before-write moves at once.
+    static let copyChunk: UInt64 = 1 << 20
+    /// Below this, reading old data costs less than asking where the holes are.
+    static let lookupThreshold: UInt64 = 64 << 10
+    /// Copy-before-write's buffer (used under the lock).
+    private nonisolated(unsafe) let copyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(copyChunk), alignment: 4096)
 
     /// What the primary's NBD link writes to.
     public var primaryWrites: any BlockDevice { PrimaryWriteDevice(disk: self) }
@@ -40,6 +48,10 @@ public final class SecondaryDisk: Sendable {
         self.hidden = hidden
     }
 
+    deinit {
+        copyBuffer.deallocate()
+    }
+
     /// Runs `body` with the stack to itself.
     func locked<T>(_ body: () throws(BlockError) -> T) throws(BlockError) -> T {
         try lock.withLock { () throws(BlockError) in try body() }
@@ -53,6 +65,16 @@ public final class SecondaryDisk: Sendable {
 
     func checkNotFenced() throws(BlockError) {
         if fenced { throw .unavailable("this disk failed over: the primary's writes are refused") }
+        try checkApplied()
+    }
+
+    /// Fails once a primary's write was acknowledged and then could not be
+    /// applied: this disk no longer holds what the primary's guest saw
+    /// written, so it must not take checkpoints, writes or a failover.
+    func checkApplied() throws(BlockError) {
+        if let applyFailure {
+            throw .unavailable("a write acknowledged to the primary failed here (\(applyFailure)): resync needed")
+        }
     }
 
     /// Empties active and hidden: the secondary guest's view becomes the
@@ -97,7 +119,7 @@ public final class SecondaryDisk: Sendable {
     /// before the primary overwrites them, where neither active nor hidden
     /// already holds them.
     func copyBeforeWrite(_ sectors: Range<UInt64>) throws(BlockError) {
-        let chunk: UInt64 = 2048 // 1 MiB
+        let chunk = Self.copyChunk / Self.sector
         for run in hidden.runs(sectors) where !run.allocated {
             for unshadowed in active.runs(run.sectors) where !unshadowed.allocated {
                 var start = unshadowed.sectors.lowerBound
@@ -110,20 +132,40 @@ public final class SecondaryDisk: Sendable {
         }
     }
 
+    /// Copies the secondary disk's `sectors` (at most `copyChunk`) into
+    /// the hidden disk. Small copies just read the old data (no allocation
+    /// lookup: a hole reads as zeros from the page cache); large ones skip
+    /// the holes the file system reports. Zeros cost the hidden disk no
+    /// I/O (`OverlayImage.zeroSectors`).
     private func preserve(_ sectors: Range<UInt64>) throws(BlockError) {
         let offset = sectors.lowerBound * Self.sector
-        for extent in try secondary.allocation(at: offset, length: UInt64(sectors.count) * Self.sector) {
+        let length = UInt64(sectors.count) * Self.sector
+        let extents = length <= Self.lookupThreshold
+            ? [BlockExtent(offset: offset, length: length, hasData: true)]
+            : try secondary.allocation(at: offset, length: length)
+        for extent in extents {
             let first = extent.offset / Self.sector
             let range = first..<(first + extent.length / Self.sector)
-            if extent.hasData {
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(extent.length), alignment: 4096)
-                defer { buffer.deallocate() }
-                try secondary.read(into: buffer, at: extent.offset)
-                try hidden.writeSectors(UnsafeRawBufferPointer(buffer), first: range.lowerBound)
-            } else {
+            guard extent.hasData else {
                 try hidden.zeroSectors(range)
+                continue
+            }
+            let buffer = UnsafeMutableRawBufferPointer(rebasing: copyBuffer[..<Int(extent.length)])
+            try secondary.read(into: buffer, at: extent.offset)
+            if Self.isZero(UnsafeRawBufferPointer(buffer)) {
+                try hidden.zeroSectors(range)
+            } else {
+                try hidden.writeSectors(UnsafeRawBufferPointer(buffer), first: range.lowerBound)
             }
         }
+    }
+
+    private static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let words = bytes.count / 8
+        let base = bytes.baseAddress!
+        for index in 0..<words where base.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self) != 0 { return false }
+        for index in (words * 8)..<bytes.count where bytes[index] != 0 { return false }
+        return true
     }
 
     private func sectorSlice(_ buffer: UnsafeMutableRawBufferPointer, first: UInt64, _ sectors: Range<UInt64>)
@@ -139,7 +181,10 @@ public final class SecondaryDisk: Sendable {
 }
 
 /// The export the primary writes through (its NBD link lands here).
-final class PrimaryWriteDevice: BlockDevice {
+/// Plain writes are acknowledged once they are ordered under the disk's
+/// lock, before the copy-before-write and the write itself: the primary
+/// waits for a network round trip, not for the secondary's I/O.
+final class PrimaryWriteDevice: EarlyAcknowledgingDevice {
     let disk: SecondaryDisk
     init(disk: SecondaryDisk) { self.disk = disk }
 
@@ -159,7 +204,23 @@ final class PrimaryWriteDevice: BlockDevice {
         }
     }
 
+    func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, acknowledge: () -> Void) throws(BlockError) {
+        try checkRange(offset, UInt64(data.count))
+        try disk.locked { () throws(BlockError) in
+            try disk.checkNotFenced()
+            acknowledge()
+            do throws(BlockError) {
+                try disk.copyBeforeWrite(SecondaryDisk.sectors(offset: offset, length: UInt64(data.count)))
+                try disk.secondary.write(data, at: offset, fua: false)
+            } catch {
+                disk.applyFailure = error
+                throw error
+            }
+        }
+    }
+
     func flush() throws(BlockError) {
+        try disk.locked { () throws(BlockError) in try disk.checkApplied() }
         try disk.secondary.flush()
     }
 

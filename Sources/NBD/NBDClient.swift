@@ -6,10 +6,15 @@ import Synchronization
 
 /// A request sent and not yet answered; `NBDClient.wait` collects it.
 public final class NBDPendingRequest: @unchecked Sendable {
-    fileprivate let done = DispatchSemaphore(value: 0)
+    /// Signalled when the reply has landed or the caller should take over
+    /// reading the socket.
+    fileprivate let wakeup = DispatchSemaphore(value: 0)
     fileprivate let request: NBDRequest
     /// Where a READ's data lands; valid while the caller waits.
     fileprivate let destination: UnsafeMutableRawBufferPointer?
+    // Guarded by the client's state lock.
+    fileprivate var completed = false
+    fileprivate var sleeping = false
     fileprivate var error: BlockError?
     fileprivate var extents: [BlockExtent] = []
 
@@ -23,12 +28,17 @@ public final class NBDPendingRequest: @unchecked Sendable {
 /// link to the secondary, the resync mirror's target, a benchmark's driver.
 ///
 /// Any number of threads may have requests in flight at once: each
-/// request gets a cookie, a reader thread of the client's own matches
-/// replies (simple or structured, in any order) to their waiters and
-/// reads READ data straight into the waiter's buffer. A request not
-/// answered within `requestTimeout` kills the connection (every waiter
-/// gets `.disconnected`): a peer that stopped answering must not hang the
-/// guest's writes.
+/// request gets a cookie and replies (simple or structured, in any order)
+/// are matched to their requests, READ data going straight into the
+/// requester's buffer. There is no reader thread: one of the waiting
+/// callers reads the socket for all of them (the leader) and, once its own
+/// reply is in, passes the reading on to another waiting caller. A lone
+/// caller (the primary replicating one guest write) therefore reads its
+/// own reply, with no thread hand-off on the way.
+///
+/// A request not answered within `requestTimeout` kills the connection
+/// (every waiter gets `.disconnected`): a peer that stopped answering must
+/// not hang the guest's writes.
 public final class NBDClient: BlockDevice, @unchecked Sendable {
     public let exportName: String
     public let capacity: UInt64
@@ -39,16 +49,14 @@ public final class NBDClient: BlockDevice, @unchecked Sendable {
     private let socket: NBDSocket
     private struct State {
         var nextCookie: UInt64 = 1
+        /// Sent and not completed.
         var pending: [UInt64: NBDPendingRequest] = [:]
+        /// Waiting callers asleep on their semaphores.
+        var sleepers: [ObjectIdentifier: NBDPendingRequest] = [:]
+        var leaderReading = false
         var failure: String?
     }
     private let state = Mutex(State())
-    /// Signalled when the reader thread is gone; no buffer of a waiter is
-    /// written after that.
-    private let readerFinished = DispatchSemaphore(value: 0)
-    /// The request whose reply the reader is taking in (reader thread only):
-    /// failed with the connection if its reply is cut short.
-    private var receiving: NBDPendingRequest?
 
     /// Negotiates `export` on a connected stream socket this client now owns.
     public static func connect(fd: Int32, export: String, structuredReplies: Bool = true,
@@ -61,6 +69,8 @@ public final class NBDClient: BlockDevice, @unchecked Sendable {
             socket.close()
             throw error
         }
+        // A leader blocked in recv gives up after the request timeout.
+        socket.setReceiveTimeout(requestTimeout)
         return NBDClient(socket: socket, export: export, outcome: outcome, requestTimeout: requestTimeout)
     }
 
@@ -78,7 +88,6 @@ public final class NBDClient: BlockDevice, @unchecked Sendable {
         self.transmissionFlags = outcome.flags
         self.structuredReplies = outcome.structuredReplies
         self.requestTimeout = requestTimeout
-        spawnThread(name: "nbd-client") { [self] in readReplies() }
     }
 
     deinit {
@@ -124,16 +133,72 @@ public final class NBDClient: BlockDevice, @unchecked Sendable {
         return pending
     }
 
-    /// Waits for a submitted request's reply.
+    private enum Turn {
+        case done
+        case sleep(until: DispatchTime)
+        case lead
+    }
+
+    /// Waits for a submitted request's reply, reading the socket for every
+    /// waiter while no one else does.
     public func wait(_ pending: NBDPendingRequest) throws(BlockError) {
-        if pending.done.wait(timeout: .now() + .nanoseconds(Int(clamping: requestTimeout.nanoseconds))) == .timedOut {
-            fail("no reply within \(requestTimeout)")
-            pending.done.wait()
-            // The reader may have been filling this request's buffer.
-            readerFinished.wait()
-            readerFinished.signal()
+        let deadline = DispatchTime.now() + .nanoseconds(Int(clamping: requestTimeout.nanoseconds))
+        while true {
+            let turn: Turn = state.withLock { state in
+                pending.sleeping = false
+                state.sleepers.removeValue(forKey: ObjectIdentifier(pending))
+                if pending.completed {
+                    // After a failure the leader may still be inside this
+                    // request's buffer: wait until it has let go.
+                    guard state.failure != nil && state.leaderReading else { return .done }
+                    pending.sleeping = true
+                    state.sleepers[ObjectIdentifier(pending)] = pending
+                    return .sleep(until: .distantFuture)
+                }
+                if state.leaderReading {
+                    pending.sleeping = true
+                    state.sleepers[ObjectIdentifier(pending)] = pending
+                    return .sleep(until: deadline)
+                }
+                state.leaderReading = true
+                return .lead
+            }
+            switch turn {
+            case .done:
+                if let error = pending.error { throw error }
+                return
+            case .sleep(let until):
+                if pending.wakeup.wait(timeout: until) == .timedOut {
+                    fail("no reply within \(requestTimeout)")
+                }
+            case .lead:
+                lead(until: pending, deadline: deadline)
+            }
         }
-        if let error = pending.error { throw error }
+    }
+
+    /// Reads replies for everyone until `mine` is completed, then hands
+    /// the reading to a waiting caller (every one, once the connection
+    /// has failed).
+    private func lead(until mine: NBDPendingRequest, deadline: DispatchTime) {
+        while !state.withLock({ _ in mine.completed }) {
+            guard DispatchTime.now() < deadline else {
+                fail("no reply within \(requestTimeout)")
+                break
+            }
+            do throws(NBDProtocolError) {
+                try readReply()
+            } catch {
+                fail("\(error)")
+                break
+            }
+        }
+        let woken: [NBDPendingRequest] = state.withLock { state in
+            state.leaderReading = false
+            if state.failure != nil { return Array(state.sleepers.values) }
+            return state.sleepers.values.first { !$0.completed }.map { [$0] } ?? []
+        }
+        woken.forEach { $0.wakeup.signal() }
     }
 
     /// Ends the session politely (NBD_CMD_DISC) and closes.
@@ -189,59 +254,55 @@ public final class NBDClient: BlockDevice, @unchecked Sendable {
         }
     }
 
-    // MARK: Replies
+    // MARK: Replies (the leader only)
 
-    private func readReplies() {
-        do throws(NBDProtocolError) {
-            while true {
-                let magic = try socket.read(4)
-                var reader = BigEndianReader(magic)
-                let value = (try? reader.uint32()) ?? 0
-                switch value {
-                case NBDMagic.simpleReply: try readSimpleReply()
-                case NBDMagic.structuredReply: try readStructuredChunk()
-                default: throw NBDProtocolError.badMagic(UInt64(value))
-                }
-            }
-        } catch {
-            fail("\(error)")
-            if let receiving {
-                receiving.error = .disconnected("\(error)")
-                receiving.done.signal()
-            }
+    private func readReply() throws(NBDProtocolError) {
+        let magic = try socket.read(4)
+        var reader = BigEndianReader(magic)
+        let value = (try? reader.uint32()) ?? 0
+        switch value {
+        case NBDMagic.simpleReply: try readSimpleReply()
+        case NBDMagic.structuredReply: try readStructuredChunk()
+        default: throw NBDProtocolError.badMagic(UInt64(value))
         }
-        readerFinished.signal()
     }
 
-    private func take(_ cookie: UInt64, finished: Bool) throws(NBDProtocolError) -> NBDPendingRequest {
-        let pending = state.withLock { state in
-            finished ? state.pending.removeValue(forKey: cookie) : state.pending[cookie]
+    private func lookUp(_ cookie: UInt64) throws(NBDProtocolError) -> NBDPendingRequest {
+        guard let pending = state.withLock({ $0.pending[cookie] }) else {
+            throw .unexpectedReply("reply to unknown cookie \(cookie)")
         }
-        guard let pending else { throw .unexpectedReply("reply to unknown cookie \(cookie)") }
         return pending
+    }
+
+    /// The request's reply is complete: its caller may return.
+    private func complete(_ pending: NBDPendingRequest, error: BlockError? = nil) {
+        let sleeping = state.withLock { state -> Bool in
+            guard state.pending.removeValue(forKey: pending.request.cookie) != nil else { return false }
+            if let error { pending.error = error }
+            pending.completed = true
+            return pending.sleeping
+        }
+        if sleeping { pending.wakeup.signal() }
     }
 
     private func readSimpleReply() throws(NBDProtocolError) {
         var reader = BigEndianReader(try socket.read(12))
         guard let error = try? reader.uint32(), let cookie = try? reader.uint64() else { throw .truncated("reply") }
-        let pending = try take(cookie, finished: true)
-        receiving = pending
+        let pending = try lookUp(cookie)
         if error != 0 {
-            pending.error = .remote(errno: error, "\(pending.request.command.map { "\($0)" } ?? "request") failed")
-        } else if pending.request.command == .read, let destination = pending.destination {
+            return complete(pending, error: .remote(errno: error, "\(pending.request.command.map { "\($0)" } ?? "request") failed"))
+        }
+        if pending.request.command == .read, let destination = pending.destination {
             try socket.read(into: destination)
         }
-        receiving = nil
-        pending.done.signal()
+        complete(pending)
     }
 
     private func readStructuredChunk() throws(NBDProtocolError) {
         var reader = BigEndianReader(try socket.read(16))
         guard let flags = try? reader.uint16(), let type = try? reader.uint16(), let cookie = try? reader.uint64(),
               let length = try? reader.uint32() else { throw .truncated("structured reply") }
-        let finished = flags & NBDReplyType.flagDone != 0
-        let pending = try take(cookie, finished: finished)
-        if finished { receiving = pending }
+        let pending = try lookUp(cookie)
         let request = pending.request
         switch type {
         case NBDReplyType.offsetData, NBDReplyType.offsetHole:
@@ -267,38 +328,39 @@ public final class NBDClient: BlockDevice, @unchecked Sendable {
             let errno = (try? body.uint32()) ?? NBDErrno.eio
             let messageLength = (try? body.uint16()) ?? 0
             let message = (try? body.bytes(Int(messageLength))).map { String(decoding: $0, as: UTF8.self) } ?? ""
-            pending.error = .remote(errno: errno, message)
+            state.withLock { _ in pending.error = .remote(errno: errno, message) }
         case NBDReplyType.blockStatus:
             var body = BigEndianReader(try socket.read(Int(min(length, NBDLimits.maxOptionLength))))
             _ = try? body.uint32()
             var offset = request.offset
+            var extents: [BlockExtent] = []
             while let extentLength = try? body.uint32(), let extentFlags = try? body.uint32() {
-                pending.extents.append(BlockExtent(offset: offset, length: UInt64(extentLength),
-                                                   hasData: extentFlags & 1 == 0))
+                extents.append(BlockExtent(offset: offset, length: UInt64(extentLength), hasData: extentFlags & 1 == 0))
                 offset += UInt64(extentLength)
             }
+            state.withLock { _ in pending.extents += extents }
         case NBDReplyType.none:
             guard length == 0 else { throw .unexpectedReply("NONE chunk with \(length) bytes") }
         default:
             throw .unexpectedReply("structured reply type \(type)")
         }
-        if finished {
-            receiving = nil
-            pending.done.signal()
-        }
+        if flags & NBDReplyType.flagDone != 0 { complete(pending) }
     }
 
+    /// Ends the connection: every request not completed fails with `reason`.
     private func fail(_ reason: String) {
         let waiting: [NBDPendingRequest] = state.withLock { state in
             if state.failure == nil { state.failure = reason }
-            defer { state.pending.removeAll() }
-            return Array(state.pending.values)
+            let failed = Array(state.pending.values)
+            for pending in failed {
+                pending.error = .disconnected(reason)
+                pending.completed = true
+            }
+            state.pending.removeAll()
+            return failed.filter(\.sleeping)
         }
         socket.shutdown()
-        for pending in waiting {
-            pending.error = .disconnected(reason)
-            pending.done.signal()
-        }
+        waiting.forEach { $0.wakeup.signal() }
     }
 }
 

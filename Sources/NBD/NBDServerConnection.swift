@@ -94,6 +94,10 @@ final class NBDServerConnection: @unchecked Sendable {
             case .write:
                 let data = scratch(length)
                 try socket.read(into: data)
+                if !fua, let early = device as? any EarlyAcknowledgingDevice {
+                    return try writeAcknowledgingEarly(request, data: UnsafeRawBufferPointer(data), to: early,
+                                                       structured: structured)
+                }
                 try device.write(UnsafeRawBufferPointer(data), at: request.offset, fua: fua)
             case .flush:
                 try device.flush()
@@ -118,6 +122,29 @@ final class NBDServerConnection: @unchecked Sendable {
             return try replyError(request, errno: NBDErrno.eio, message: "\(error)", structured: structured)
         }
         try replySimple(request, errno: 0)
+    }
+
+    /// Replies as soon as the device has ordered the write; a failure after
+    /// that is the device's to report (to every later request).
+    private func writeAcknowledgingEarly(_ request: NBDRequest, data: UnsafeRawBufferPointer,
+                                         to device: any EarlyAcknowledgingDevice, structured: Bool)
+        throws(NBDProtocolError) {
+        var acknowledged = false
+        var replyFailure: NBDProtocolError?
+        do throws(BlockError) {
+            try device.write(data, at: request.offset) {
+                acknowledged = true
+                do throws(NBDProtocolError) { try replySimple(request, errno: 0) } catch { replyFailure = error }
+            }
+        } catch {
+            if !acknowledged {
+                return try replyError(request, errno: error.nbdErrno, message: "\(error)", structured: structured)
+            }
+            logger.error("an acknowledged write failed: \(error)", metadata: [
+                "event": "nbd_acknowledged_write_failed", "offset": "\(request.offset)", "reason": "\(error)",
+            ])
+        }
+        if let replyFailure { throw replyFailure }
     }
 
     private func scratch(_ length: Int) -> UnsafeMutableRawBufferPointer {

@@ -30,6 +30,14 @@ public final class NBDSocket: @unchecked Sendable {
         buffer.deallocate()
     }
 
+    /// Makes a read that waits longer than `timeout` for data fail with
+    /// `.timedOut` (a peer that stopped answering).
+    public func setReceiveTimeout(_ timeout: Duration) {
+        let (seconds, attoseconds) = timeout.components
+        var value = timeval(tv_sec: Int(clamping: seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Reads exactly `destination.count` bytes.
     public func read(into destination: UnsafeMutableRawBufferPointer) throws(NBDProtocolError) {
         var filled = 0
@@ -83,6 +91,7 @@ public final class NBDSocket: @unchecked Sendable {
             if count == 0 { throw .closed }
             if errno == EINTR { continue }
             if errno == ECONNRESET || errno == EBADF || errno == ENOTCONN { throw .closed }
+            if errno == EAGAIN || errno == EWOULDBLOCK { throw .timedOut }
             throw .io("recv", errno: errno)
         }
     }

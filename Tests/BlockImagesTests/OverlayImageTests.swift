@@ -59,4 +59,22 @@ final class OverlayImageTests: XCTestCase {
         try reopened.empty()
         XCTAssertEqual(try OverlayImage(path: path, capacity: 1 << 30).allocatedSectors, 0)
     }
+
+    func testUnallocatedSectorsReadAsZerosAfterAKillBetweenDataAndBit() throws {
+        let path = "\(directory)/hidden.ovl"
+        _ = try OverlayImage(path: path, capacity: 1 << 30)
+        // A blockd killed after writing sector 300's data, before its bit:
+        // the data lies in the file (data area at 1 MiB for this size).
+        let fd = open(path, O_RDWR)
+        let stray = [UInt8](repeating: 5, count: 512)
+        XCTAssertEqual(pwrite(fd, stray, 512, off_t((1 << 20) + 300 * 512)), 512)
+        close(fd)
+        let reopened = try OverlayImage(path: path, capacity: 1 << 30)
+        XCTAssertFalse(reopened.isAllocated(300))
+        // Marking it allocated as zeros costs no I/O and must read zeros.
+        try reopened.zeroSectors(300..<301)
+        var data = [UInt8](repeating: 1, count: 512)
+        try data.withUnsafeMutableBytes { try reopened.readSectors(into: $0, first: 300) }
+        XCTAssertEqual(data, [UInt8](repeating: 0, count: 512))
+    }
 }
