@@ -1,6 +1,7 @@
 import ColoProtocol
 internal import CSupport
 import FrameLink
+import ControlSocket
 import Glibc
 import Logging
 import PacketComparison
@@ -31,6 +32,11 @@ struct DatapathConfiguration {
 ///     secondary:    peer -> rewriter (ack) -> guest
 ///                   guest -> rewriter (seq) -> peer
 ///     pass-through: external <-> guest (through the rewriter on a former secondary)
+///
+/// A survivor attached again as primary (resync) keeps its rewriter: its
+/// clients' connections from before the failover stay in their sequence
+/// space outside, while the guest, the comparison and the new secondary
+/// (a copy of this guest) all work in the guest's space.
 final class Datapath: @unchecked Sendable {
     private var role: ColoProxyRole
     private let external: FramePort?
@@ -39,8 +45,9 @@ final class Datapath: @unchecked Sendable {
     private var link: PeerFrameLink?
     private let events: Int32?
     private let engine: ComparisonEngine
-    /// The secondary's rewriter; kept in the path after a failover.
-    private var rewriter: SequenceRewriter?
+    /// The secondary's rewriter; kept in the path after a failover, and
+    /// handed on to the next datapath when the survivor is attached anew.
+    private(set) var rewriter: SequenceRewriter?
     private let guestMAC: MACAddress?
     private let guestAddresses: [IPAddress]
     private var capture: Int32?
@@ -52,15 +59,21 @@ final class Datapath: @unchecked Sendable {
     private var outbound: UInt64 = 0
     private var announcements: UInt64 = 0
     private var running = true
+    /// Signalled once the thread has closed its fds and touches nothing more.
+    let finished: WakeupPipe
 
-    init(_ configuration: DatapathConfiguration, key: PeerKey?, logger: Logger) {
+    /// `rewriter`: the previous datapath's, for a survivor attached anew
+    /// (a secondary always starts with its own, empty one).
+    init(_ configuration: DatapathConfiguration, rewriter: SequenceRewriter?, finished: WakeupPipe,
+         key: PeerKey?, logger: Logger) {
         role = configuration.role
         external = configuration.external.map { FramePort(fd: $0, name: "external") }
         guest = FramePort(fd: configuration.guest, name: "guest")
         peerFd = configuration.peer
         events = configuration.events
         engine = ComparisonEngine(settings: configuration.settings)
-        rewriter = configuration.role == .secondary ? SequenceRewriter() : nil
+        self.rewriter = configuration.role == .secondary ? SequenceRewriter() : rewriter
+        self.finished = finished
         guestMAC = configuration.guestMAC
         guestAddresses = configuration.guestAddresses
         self.key = key
@@ -80,6 +93,14 @@ final class Datapath: @unchecked Sendable {
         setState()
         logger.info("datapath running", metadata: ["event": "datapath_running", "role": "\(role)"])
         while running { turn() }
+        mailbox.close()
+        link?.close()
+        external?.close()
+        guest?.close()
+        if let events { close(events) }
+        if let capture { close(capture) }
+        logger.info("datapath ended", metadata: ["event": "datapath_ended", "role": "\(role)"])
+        finished.signal()
     }
 
     // MARK: - The loop
@@ -155,14 +176,15 @@ final class Datapath: @unchecked Sendable {
         let wallClock = role == .primary ? wallClockNanoseconds() : 0
         let outcome = port.read { bytes in
             inbound += 1
-            if role == .primary { link?.queue(bytes, timestamp: wallClock) }
-            if let rewriter {
-                var frame = Array(bytes)
-                rewriter.guestInput(&frame, at: now)
-                guest?.queue(frame)
-            } else {
+            guard let rewriter else {
+                if role == .primary { link?.queue(bytes, timestamp: wallClock) }
                 guest?.queue(bytes)
+                return
             }
+            var frame = Array(bytes)
+            rewriter.guestInput(&frame, at: now)
+            if role == .primary { link?.queue(frame, timestamp: wallClock) }
+            guest?.queue(frame)
         }
         if case let .closed(reason) = outcome {
             logger.error("external side failed: \(reason)", metadata: ["event": "external_closed"])
@@ -196,7 +218,8 @@ final class Datapath: @unchecked Sendable {
     private func drainEngine() {
         engine.drainOutputs { output in
             switch output {
-            case let .release(frame):
+            case var .release(frame):
+                rewriter?.guestOutput(&frame, at: monotonicNanoseconds())
                 queueExternal(frame)
             case let .checkpoint(request):
                 sendCheckpointRequest(request)
@@ -286,6 +309,9 @@ final class Datapath: @unchecked Sendable {
     // MARK: - Commands
 
     private func execute(_ command: DatapathCommand) -> Mailbox.Answer {
+        guard running else {
+            return .failure(.init(code: .failedPrecondition, message: "the datapath has stopped"))
+        }
         let now = monotonicNanoseconds()
         switch command {
         case .checkpointDone:
@@ -328,6 +354,19 @@ final class Datapath: @unchecked Sendable {
             logger.info(fd == nil ? "capture stopped" : "capturing mismatches", metadata: ["event": "capture"])
         case .counters:
             break
+        case .detach:
+            guard role == .passThrough || link == nil else {
+                return .failure(.init(code: .failedPrecondition, message:
+                    "proxyd is attached already as \(role) with a live peer link: attach again only in pass-through or after the link failed"))
+            }
+            if role == .primary {
+                // Link lost: what waited for the secondary's answer goes out.
+                engine.releaseAll(at: now)
+                drainEngine()
+            }
+            running = false
+            state.withLock { $0 = "stopped" }
+            logger.notice("detaching for a new attach", metadata: ["event": "detaching", "role": "\(role)"])
         }
         return .success(counters())
     }

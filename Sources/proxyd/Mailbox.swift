@@ -12,6 +12,11 @@ enum DatapathCommand: Sendable {
     case capture(Int32?)
     /// Nothing but the counters.
     case counters
+    /// Stop for a new attach (resync): accepted in pass-through or once the
+    /// peer link failed, refused while comparing or following a live link.
+    /// The thread then ends its turn (flushing what it queued) and closes
+    /// its fds.
+    case detach
 }
 
 /// Hands commands from control threads to the datapath thread and waits for
@@ -79,6 +84,11 @@ final class Mailbox: Sendable {
         }
         wakeFd = fds[0]
         signalFd = fds[1]
+    }
+
+    deinit {
+        Glibc.close(wakeFd)
+        Glibc.close(signalFd)
     }
 
     /// Sends a command and waits for the datapath's answer.

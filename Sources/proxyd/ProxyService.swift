@@ -1,17 +1,22 @@
 import ColoProtocol
 import ControlSocket
+internal import CSupport
 import DaemonRuntime
 import Glibc
 import Logging
 import PacketComparison
 import Packets
 import PeerAuthentication
+import SequenceRewriter
 import Synchronization
 import SystemPackage
 
-/// proxyd's control requests: attach once (fds and role), then checkpoint
+/// proxyd's control requests: attach (fds and role), then checkpoint
 /// done, pass-through, counters and capture, each carried out by the
-/// datapath thread and answered with the counters.
+/// datapath thread and answered with the counters. A survivor in
+/// pass-through (or whose peer link failed) may be attached again, as the
+/// primary of a new pair after a resync: the old datapath ends and a new
+/// one starts on the fds of the new request.
 final class ProxyService: DaemonService {
     private let key: PeerKey?
     private let logger: Logger
@@ -149,17 +154,31 @@ final class ProxyService: DaemonService {
             return fail(error.code, error.message)
         }
 
-        let created = Datapath(configuration, key: key, logger: logger)
+        let previous = datapath.withLock { $0 }
+        let rewriter: SequenceRewriter?
+        let finished: WakeupPipe
+        do throws(AttachError) {
+            if let previous { rewriter = try end(previous) } else { rewriter = nil }
+            do {
+                finished = try WakeupPipe()
+            } catch {
+                throw AttachError(code: .internal, message: "\(error)")
+            }
+        } catch {
+            return fail(error.code, error.message)
+        }
+        let created = Datapath(configuration, rewriter: rewriter, finished: finished, key: key, logger: logger)
         let installed = datapath.withLock { current in
-            guard current == nil else { return false }
+            guard current === previous else { return false }
             current = created
             return true
         }
-        guard installed else { return fail(.failedPrecondition, "proxyd is attached already") }
+        guard installed else { return fail(.failedPrecondition, "proxyd is attached already (another attach won)") }
         closeUnused()
-        logger.info("attached", metadata: [
-            "event": "attached", "role": "\(request.role)", "compare_timeout_ms": "\(request.compareTimeoutMs)",
-            "queue_limit": "\(configuration.settings.queueLimit)",
+        logger.info(previous == nil ? "attached" : "attached anew", metadata: [
+            "event": previous == nil ? "attached" : "reattached", "role": "\(request.role)",
+            "compare_timeout_ms": "\(request.compareTimeoutMs)", "queue_limit": "\(configuration.settings.queueLimit)",
+            "rewritten_connections": "\(rewriter?.connectionCount ?? 0)",
         ])
         spawnThread(name: "datapath") { created.run() }
         // Not through the mailbox: the datapath may spend seconds
@@ -168,6 +187,28 @@ final class ProxyService: DaemonService {
         counters.role = request.role
         counters.state = created.state.withLock { $0 }
         return ControlReply(.proxyCounters(counters))
+    }
+
+    /// Ends the current datapath for a new attach, if its state allows it
+    /// (pass-through, link failed, stopped), waits until its thread has
+    /// closed its fds, and returns the rewriter it leaves behind.
+    private func end(_ previous: Datapath) throws(AttachError) -> SequenceRewriter? {
+        if previous.state.withLock({ $0 }) == "authenticating" {
+            throw AttachError(code: .failedPrecondition, message: "proxyd is attached already and authenticating its peer link")
+        }
+        if case let .failure(error) = previous.mailbox.call(.detach), previous.state.withLock({ $0 }) != "stopped" {
+            throw AttachError(code: error.code, message: error.message)
+        }
+        var ended = [pollfd(fd: previous.finished.readEnd.rawValue, events: Int16(POLLIN), revents: 0)]
+        let deadline = monotonicNanoseconds() + 5_000_000_000
+        while ended[0].revents == 0 {
+            let now = monotonicNanoseconds()
+            guard now < deadline else {
+                throw AttachError(code: .timeout, message: "the previous datapath did not end within 5 s")
+            }
+            _ = colo_poll_ns(&ended, 1, Int64(deadline - now))
+        }
+        return previous.rewriter
     }
 
     private struct AttachError: Error {

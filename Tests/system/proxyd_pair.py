@@ -207,6 +207,42 @@ class GuestPair:
             reply = proxyd.call(proxy_checkpoint_done={})
             assert reply.WhichOneof("body") == "proxy_counters", reply
 
+    def resync_onto_survivor(self, timeout_ms: int = 300) -> None:
+        """After a take-over (the secondary proxyd in pass-through): a fresh
+        secondary joins, as `coloctl resync` makes one. The survivor's proxyd
+        is attached anew as primary (the same external tap and guest socket,
+        sent again, a new link and events socket), and a new secondary proxyd
+        with a new "guest" namespace follows it. Afterwards `primary` is the
+        survivor, `secondary` the new one, `events` the survivor's events."""
+        new_guest = netns.NetNS(subnet=70, address="10.77.70.2", mac=GUEST_MAC)
+        self.closers.append(new_guest.close)
+        quiet_namespace(new_guest)
+        # A resynchronised VM has the primary's ARP cache: neither guest asks.
+        for ns, dev in ((self.secondary_guest, "tap0"), (new_guest, "tap0")):
+            ns.ip("neigh", "replace", "10.77.70.1", "lladdr", CLIENT_MAC, "nud", "permanent", "dev", dev)
+        new_link = GuestLink(new_guest)
+        self.closers.append(new_link.close)
+        new_secondary = Proxyd("new-secondary", self.keydir / "peer.key")
+        self.closers.append(new_secondary.close)
+        link_a, link_b = peer_link_sockets()
+        events, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.closers.append(events.close)
+        try:
+            reply = self.secondary.attach("primary", external=self.external_fd,
+                                          guest=self.secondary_link.socket.fileno(), peer=link_a.fileno(),
+                                          events=theirs.fileno(), timeout_ms=timeout_ms)
+            assert reply.WhichOneof("body") == "proxy_counters", reply
+            reply = new_secondary.attach("secondary", guest=new_link.socket.fileno(), peer=link_b.fileno())
+            assert reply.WhichOneof("body") == "proxy_counters", reply
+        finally:
+            for s in (link_a, link_b, theirs):
+                s.close()
+        self.primary, self.primary_guest, self.primary_link = self.secondary, self.secondary_guest, self.secondary_link
+        self.secondary, self.secondary_guest, self.secondary_link = new_secondary, new_guest, new_link
+        self.events = events
+        self.primary.wait_state("running")
+        self.secondary.wait_state("running")
+
     def close(self) -> None:
         for closer in reversed(self.closers):
             try:

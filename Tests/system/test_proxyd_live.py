@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -247,4 +248,82 @@ def test_secondary_takes_over_the_clients_connection(pair):
     for index in range(5):
         assert request(conn, b"after-%d" % index, timeout=10) == b"answer:after-%d\n" % index
     assert pair.secondary.counters().rewritten_frames > 0
+    conn.close()
+
+
+def answer_through_checkpoints(pair, conn: socket.socket, timeout: float = 5.0) -> bytes:
+    """One answer line, saying "checkpoint done" whenever the primary asks
+    (the rest of an answer cut in pieces may be held again)."""
+    answer = b""
+    deadline = time.monotonic() + timeout
+    conn.settimeout(0.2)
+    while not answer.endswith(b"\n"):
+        assert time.monotonic() < deadline, answer
+        try:
+            data = conn.recv(65536)
+            assert data, "connection closed"
+            answer += data
+        except socket.timeout:
+            if read_events(pair.events, 0.05):
+                pair.checkpoint_done()
+    return answer
+
+
+def test_survivor_attached_anew_compares_against_a_new_secondary(pair):
+    old = pair.client.connect(("10.77.70.2", PORT))
+    assert request(old, b"before") == b"answer:before\n"
+    # Take-over: the primary host is lost, the secondary goes pass-through.
+    pair.primary.daemon.close()
+    pair.primary_server.close()
+    pair.primary_link.close()
+    assert pair.secondary.call(proxy_pass_through={}).proxy_counters.state == "pass-through"
+    assert request(old, b"survivor", timeout=10) == b"answer:survivor\n"
+    rewritten = pair.secondary.counters().rewritten_frames
+    # Resync: the survivor's proxyd becomes the primary of a new pair.
+    survivor_server = pair.secondary_server
+    pair.resync_onto_survivor()
+    pair.secondary_server = Server(pair.secondary_guest)
+    counters = pair.primary.counters()
+    assert counters.role == proxyd_pair.P.PROXY_ROLE_PRIMARY and counters.inbound_frames == 0, counters
+    assert counters.rewritten_frames >= rewritten, "the survivor's rewriter stays in the path"
+    # Comparing with a live link: another attach is refused, nothing changes.
+    refused = pair.primary.attach("pass-through", external=pair.external_fd, guest=pair.primary_link.socket.fileno())
+    assert refused.WhichOneof("body") == "error" and "live peer link" in refused.error.message, refused
+    assert pair.primary.counters().state == "running"
+
+    # A new connection: both guests answer alike, nothing is requested...
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    for index in range(3):
+        assert request(conn, b"new-%d" % index) == b"answer:new-%d\n" % index
+    assert read_events(pair.events, 0.5) == []
+    assert protocol_counters(pair.primary.counters(), "tcp").matched >= 3
+    # ...until the new secondary answers differently.
+    pair.secondary_server.diverge = True
+    conn.sendall(b"differs\n")
+    events = read_events(pair.events, 0.3 + 1.0)
+    assert [e.checkpoint_request.reason for e in events] == [proxyd_pair.P.PROXY_CHECKPOINT_REASON_MISMATCH], events
+    pair.checkpoint_done()
+    assert answer_through_checkpoints(pair, conn) == b"answer:differs\n"
+    conn.close()
+
+    # The connection from before the failover goes on in the client's
+    # sequence space (the new secondary, no copy of a real VM here, does not
+    # know it: a checkpoint releases the survivor's answer).
+    old.sendall(b"after-resync\n")
+    assert read_events(pair.events, 0.3 + 1.0), "the new secondary's answer is compared"
+    pair.checkpoint_done()
+    assert answer_through_checkpoints(pair, old) == b"answer:after-resync\n"
+    old.close()
+    survivor_server.close()
+
+
+def test_primary_whose_link_failed_is_attached_anew_as_pass_through(pair):
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    assert request(conn, b"before") == b"answer:before\n"
+    pair.secondary.daemon.close()
+    pair.primary.wait_state("link-failed")
+    reply = pair.primary.attach("pass-through", external=pair.external_fd, guest=pair.primary_link.socket.fileno())
+    assert reply.WhichOneof("body") == "proxy_counters", reply
+    pair.primary.wait_state("pass-through")
+    assert request(conn, b"after") == b"answer:after\n"
     conn.close()

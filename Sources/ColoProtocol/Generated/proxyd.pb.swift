@@ -179,7 +179,16 @@ public nonisolated enum ColoProxyCheckpointReason: SwiftProtobuf.Enum, Swift.Cas
 
 }
 
-/// Attaches proxyd to its fds and starts forwarding. Allowed once.
+/// Attaches proxyd to its fds and starts forwarding. Once attached, proxyd
+/// accepts another attach only in pass-through, or once its peer link
+/// failed, or stopped (a survivor becoming the primary of a new pair after
+/// a resync): the old datapath finishes its loop turn (what it queued is
+/// sent, a link-failed primary releases what it held), closes every fd it
+/// had (send the external and guest fds again), and a new one starts with
+/// new counters. The TCP sequence rewriter of a former secondary stays in
+/// the path (the connections opened before the failover); a new secondary
+/// starts with an empty one. Refused while authenticating or while
+/// comparing or following a live peer link.
 public nonisolated struct ColoProxyAttach: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
