@@ -82,6 +82,14 @@ let package = Package(
             "PeerAuthentication", "PeerLink", "Witness",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // supervisord's hands: the local daemons driven through a sync,
+        // checkpoints and failover (the PairActuator it runs).
+        .target(name: "PairActuation", dependencies: [
+            "ColoProtocol", "ControlSocket", "PairConfiguration", "PairStateMachine", "PairSupervision",
+            "PeerLink", "SharedMemory",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // The disk abstraction every block layer implements and serves.
         .target(name: "BlockDevice"),
         // The NBD protocol: server and client (fixed newstyle, structured replies).
@@ -180,7 +188,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
-        .executableTarget(name: "supervisord", dependencies: ["DaemonRuntime"]),
+        .executableTarget(name: "supervisord", dependencies: [
+            "DaemonRuntime", "CSupport", "ColoProtocol", "ControlSocket", "PairActuation", "PairConfiguration",
+            "PairSupervision", "PeerAuthentication",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .executableTarget(name: "coloctl", dependencies: [
             "ColoProtocol", "ControlSocket",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -18,11 +18,12 @@ if [ ! -x "$plugin" ]; then
         --package-path .build-protoc/src --scratch-path .build-protoc
 fi
 
+plugin=$(realpath "$plugin")
 out=Sources/ColoProtocol/Generated
 rm -rf "$out"
 mkdir -p "$out"
 protos=$(cd Proto && find . -name '*.proto' | sed 's|^\./||' | LC_ALL=C sort)
-(cd Proto && protoc --plugin=protoc-gen-swift="$OLDPWD/$plugin" \
+(cd Proto && protoc --plugin=protoc-gen-swift="$plugin" \
     --swift_out="$OLDPWD/$out" --swift_opt=Visibility=Public --swift_opt=FileNaming=DropPath \
     $protos)
 cat > "$out/GeneratedFrom.swift" <<SWIFT

@@ -15,6 +15,10 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 #include <stdatomic.h>
 
 size_t colo_cmsg_space(size_t length) { return CMSG_SPACE(length); }
@@ -155,4 +159,25 @@ int colo_send_datagrams(int fd, const unsigned char *buffer, const size_t *offse
         messages[i].msg_hdr.msg_iovlen = 1;
     }
     return sendmmsg(fd, messages, count, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+int colo_open_tap(const char *name)
+{
+    if (strlen(name) >= IFNAMSIZ) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    request.ifr_flags = IFF_TAP | IFF_NO_PI;
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &request) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
 }

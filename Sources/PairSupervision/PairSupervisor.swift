@@ -25,6 +25,14 @@ public protocol PairActuator: Sendable {
     func continueAlone()
     /// Another host holds the pair: this VM must produce no more output.
     func fence(reason: String)
+    /// A data connection the peer dialled for `channel` (checkpoint-*, nbd,
+    /// proxyd-frames), not yet authenticated: the daemon that takes it does.
+    /// The actuator owns `fd` from here.
+    func inbound(channel: String, fd: Int32)
+    /// A replication step message from the peer supervisord (a request on
+    /// the secondary, an answer on the primary). Called on the link's
+    /// receiving thread: long work goes elsewhere.
+    func received(_ message: PeerMessage, on session: PeerSession)
 }
 
 /// Runs one host's side of a pair: the link to the peer supervisord, the
@@ -44,6 +52,9 @@ public final class PairSupervisor: Sendable {
         var detail = ""
         var heartbeatSequence: UInt64 = 0
         var running = true
+        /// Supervisor connections the acceptor took, for the link thread
+        /// of a host that does not dial.
+        var inboundSupervisor: [Int32] = []
     }
 
     private let configuration: HostConfiguration
@@ -82,6 +93,7 @@ public final class PairSupervisor: Sendable {
     /// Starts the link, heartbeat and watchdog threads.
     public func start() {
         logger.info("pair supervision started", metadata: metadata(event: "pair_started"))
+        spawnThread(name: "pair-accept") { [self] in acceptLoop() }
         spawnThread(name: "pair-link") { [self] in linkLoop() }
         spawnThread(name: "pair-heartbeat") { [self] in heartbeatLoop() }
         spawnThread(name: "pair-watchdog") { [self] in watchdogLoop() }
@@ -256,8 +268,15 @@ public final class PairSupervisor: Sendable {
             let fd: Int32
             if dial {
                 fd = try TCPConnection.connect(to: configuration.pair.peer, timeout: .seconds(1))
+                do {
+                    try ChannelRoute.announce(PeerSession.channel, on: fd)
+                } catch {
+                    close(fd)
+                    throw error
+                }
             } else {
-                fd = try TCPConnection.accept(from: listener!, timeout: .milliseconds(500))
+                guard let accepted = takeInboundSupervisor(waiting: .milliseconds(500)) else { return nil }
+                fd = accepted
             }
             return try PeerSession.establish(fd: fd, role: dial ? .initiator : .responder,
                                              pair: configuration.pair.name, local: local, key: key,
@@ -283,14 +302,77 @@ public final class PairSupervisor: Sendable {
                 logger.warning("peer closed the link", metadata: metadata(event: "peer_link_closed"))
                 return
             }
-            if case .heartbeat(let heartbeat) = message.body {
+            switch message.body {
+            case .heartbeat(let heartbeat):
                 shared.withLock { shared in
                     guard shared.session === session else { return }
                     shared.lastHeard = .now
                     shared.peerState = heartbeat.host
                 }
+            case .stepRequest, .stepDone:
+                // Any message is proof of life too.
+                shared.withLock { shared in
+                    if shared.session === session { shared.lastHeard = .now }
+                }
+                actuator.received(message, on: session)
+            case .hello, .none:
+                logger.warning("unexpected message from the peer", metadata: metadata(event: "peer_protocol_error"))
             }
         }
+    }
+
+    /// Accepts every connection the peer dials to our one port and routes
+    /// it by the channel its route frame names (PeerLink's ChannelRoute): supervisor links to the link
+    /// thread, data channels to the actuator. Each route frame is read on
+    /// a thread of its own, so a silent one cannot hold up the others.
+    private func acceptLoop() {
+        guard let listener else { return }
+        while running {
+            let fd: Int32
+            do {
+                fd = try TCPConnection.accept(from: listener, timeout: .milliseconds(500))
+            } catch {
+                if case .timedOut = error { continue }
+                if !running { return }
+                usleep(100_000)
+                continue
+            }
+            spawnThread(name: "pair-route") { [self] in route(fd) }
+        }
+    }
+
+    private func route(_ fd: Int32) {
+        let channel: String
+        do {
+            channel = try ChannelRoute.read(from: fd)
+        } catch {
+            logger.warning("inbound connection refused: \(error)", metadata: ["event": "inbound_refused", "error": "\(error)"])
+            close(fd)
+            return
+        }
+        if channel == PeerSession.channel {
+            let queued = shared.withLock { shared -> Bool in
+                guard shared.running else { return false }
+                shared.inboundSupervisor.append(fd)
+                return true
+            }
+            if !queued { close(fd) }
+        } else {
+            logger.debug("inbound \(channel) connection", metadata: ["event": "inbound_channel", "channel": "\(channel)"])
+            actuator.inbound(channel: channel, fd: fd)
+        }
+    }
+
+    private func takeInboundSupervisor(waiting timeout: Duration) -> Int32? {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while ContinuousClock.now < deadline {
+            let fd = shared.withLock { shared -> Int32? in
+                shared.inboundSupervisor.isEmpty ? nil : shared.inboundSupervisor.removeFirst()
+            }
+            if let fd { return fd }
+            usleep(20_000)
+        }
+        return nil
     }
 
     private func heartbeatLoop() {

@@ -10,7 +10,7 @@ struct Coloctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coloctl",
         abstract: "Control a COLO fault-tolerant VM pair on this host.",
-        subcommands: [Status.self, Console.self])
+        subcommands: [Status.self, Console.self, Up.self, Down.self])
 }
 
 /// Where supervisord listens, shared by every subcommand.

@@ -10,6 +10,8 @@ let managedDaemons = ["vmmd", "checkpointd", "proxyd", "blockd"]
 /// supervisord's requests.
 struct SupervisorService: DaemonService {
     let environment: DaemonEnvironment
+    /// This host's side of the pair, when supervisord runs with a configuration.
+    let pair: HostPair?
     /// How long one daemon may take to answer a status request.
     var daemonTimeout: Duration = .seconds(2)
 
@@ -40,6 +42,7 @@ struct SupervisorService: DaemonService {
         var status = ColoHostStatus()
         status.supervisor = environment.selfStatus.snapshot(state: state)
         status.daemons = reports.withLock { $0.compactMap { $0 } }
+        if let pair { status.pair = pair.supervisor.report() }
         return status
     }
 

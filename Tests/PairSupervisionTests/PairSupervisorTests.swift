@@ -181,6 +181,11 @@ final class RecordingActuator: PairActuator, @unchecked Sendable {
     func takeOver() { record("takeOver") }
     func continueAlone() { record("continueAlone") }
     func fence(reason: String) { record("fence(\(reason))") }
+    func inbound(channel: String, fd: Int32) {
+        record("inbound(\(channel))")
+        close(fd)
+    }
+    func received(_ message: PeerMessage, on session: PeerSession) { record("received") }
 }
 
 /// A TCP relay between the two supervisors: forwards bytes both ways until

@@ -127,4 +127,10 @@ int colo_send_datagrams(int fd, const unsigned char *buffer, const size_t *offse
 /// The most datagrams one colo_receive_datagrams / colo_send_datagrams call moves.
 #define COLO_DATAGRAM_BATCH 64
 
+/// Opens (creating if needed) the tap interface `name` as an Ethernet
+/// frame fd (IFF_TAP | IFF_NO_PI, close-on-exec). Needs CAP_NET_ADMIN, so
+/// supervisord calls it before it drops its capabilities. -1 and errno on
+/// failure.
+int colo_open_tap(const char *name);
+
 #endif

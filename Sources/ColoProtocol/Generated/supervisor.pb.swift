@@ -97,6 +97,87 @@ public nonisolated struct PeerHeartbeat: Sendable {
   fileprivate var _host: PeerHostState? = nil
 }
 
+/// Replication steps (DESIGN.md section 4). The primary leads: it asks for
+/// a step; the secondary answers with `StepDone` carrying the same sequence.
+///
+/// sync:       the secondary prepares an incoming VM and takes the data
+///             channels the primary then dials (checkpoint-*, nbd,
+///             proxyd-frames); StepDone when it is ready for them.
+/// checkpoint: the secondary pauses its VM, commits the checkpoint the
+///             primary is sending, loads the device state, empties its disk
+///             overlays, tells proxyd, and resumes; StepDone when loaded. The
+///             first checkpoint after a sync completes the live migration.
+public nonisolated struct PeerStepRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var step: PeerStepRequest.Step = .unspecified
+
+  public var sequence: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public nonisolated enum Step: SwiftProtobuf.Enum, Swift.CaseIterable {
+    public typealias RawValue = Int
+    case unspecified // = 0
+    case sync // = 1
+    case checkpoint // = 2
+    case UNRECOGNIZED(Int)
+
+    public init() {
+      self = .unspecified
+    }
+
+    public init?(rawValue: Int) {
+      switch rawValue {
+      case 0: self = .unspecified
+      case 1: self = .sync
+      case 2: self = .checkpoint
+      default: self = .UNRECOGNIZED(rawValue)
+      }
+    }
+
+    public var rawValue: Int {
+      switch self {
+      case .unspecified: return 0
+      case .sync: return 1
+      case .checkpoint: return 2
+      case .UNRECOGNIZED(let i): return i
+      }
+    }
+
+    // The compiler won't synthesize support with the UNRECOGNIZED case.
+    public static let allCases: [PeerStepRequest.Step] = [
+      .unspecified,
+      .sync,
+      .checkpoint,
+    ]
+
+  }
+
+  public init() {}
+}
+
+public nonisolated struct PeerStepDone: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var sequence: UInt64 = 0
+
+  /// Empty when the step succeeded; otherwise why it failed. A failed
+  /// checkpoint leaves the secondary on its last committed state.
+  public var error: String = String()
+
+  /// How long the secondary's part took, in microseconds.
+  public var durationUs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct PeerMessage: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -120,11 +201,29 @@ public nonisolated struct PeerMessage: Sendable {
     set {body = .heartbeat(newValue)}
   }
 
+  public var stepRequest: PeerStepRequest {
+    get {
+      if case .stepRequest(let v)? = body {return v}
+      return PeerStepRequest()
+    }
+    set {body = .stepRequest(newValue)}
+  }
+
+  public var stepDone: PeerStepDone {
+    get {
+      if case .stepDone(let v)? = body {return v}
+      return PeerStepDone()
+    }
+    set {body = .stepDone(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
     case hello(PeerHello)
     case heartbeat(PeerHeartbeat)
+    case stepRequest(PeerStepRequest)
+    case stepDone(PeerStepDone)
 
   }
 
@@ -263,9 +362,88 @@ nonisolated extension PeerHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Messa
   }
 }
 
+nonisolated extension PeerStepRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StepRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}step\0\u{1}sequence\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.step) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.step != .unspecified {
+      try visitor.visitSingularEnumField(value: self.step, fieldNumber: 1)
+    }
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: PeerStepRequest, rhs: PeerStepRequest) -> Bool {
+    if lhs.step != rhs.step {return false}
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension PeerStepRequest.Step: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STEP_UNSPECIFIED\0\u{1}STEP_SYNC\0\u{1}STEP_CHECKPOINT\0")
+}
+
+nonisolated extension PeerStepDone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".StepDone"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}error\0\u{3}duration_us\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.error) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.durationUs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    if !self.error.isEmpty {
+      try visitor.visitSingularStringField(value: self.error, fieldNumber: 2)
+    }
+    if self.durationUs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.durationUs, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: PeerStepDone, rhs: PeerStepDone) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.error != rhs.error {return false}
+    if lhs.durationUs != rhs.durationUs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension PeerMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Message"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}heartbeat\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}heartbeat\0\u{3}step_request\0\u{3}step_done\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -299,6 +477,32 @@ nonisolated extension PeerMessage: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.body = .heartbeat(v)
         }
       }()
+      case 3: try {
+        var v: PeerStepRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .stepRequest(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .stepRequest(v)
+        }
+      }()
+      case 4: try {
+        var v: PeerStepDone?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .stepDone(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .stepDone(v)
+        }
+      }()
       default: break
       }
     }
@@ -317,6 +521,14 @@ nonisolated extension PeerMessage: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .heartbeat?: try {
       guard case .heartbeat(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+    }()
+    case .stepRequest?: try {
+      guard case .stepRequest(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    }()
+    case .stepDone?: try {
+      guard case .stepDone(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     }()
     case nil: break
     }

@@ -1,0 +1,172 @@
+import ColoProtocol
+import Glibc
+import PairSupervision
+import SystemPackage
+
+extension GuestReplication {
+    /// The primary's checkpoint (DESIGN.md section 4): ask the secondary,
+    /// pause, drain the disk's replicated writes, send the dirty pages and
+    /// the device state, release the held packets once the secondary has
+    /// committed, resume when it has loaded. The first one after a sync is
+    /// the migration's stop-and-copy and attaches proxyd.
+    func checkpoint(trigger: CheckpointTrigger) throws(ActuationError) {
+        try checkpointLock.withLock { _ throws(ActuationError) in
+            guard trigger == .migration || shared.withLock({ $0.lockstep }) else {
+                throw .state("the pair is not in lock-step")
+            }
+            var request = PeerStepRequest()
+            request.step = .checkpoint
+            request.sequence = nextStep()
+            try send(request)
+
+            let pausedAt = ContinuousClock.now
+            try guest.pause()
+            var resumed = false
+            defer { if !resumed { try? guest.resume() } }
+            try guest.diskCheckpoint()
+            let bitmap = try guest.dirtyLog()
+            defer { try? bitmap.close() }
+            let state = try guest.saveState()
+            defer { try? state.close() }
+            var take = ColoCheckpointTake()
+            take.dirtyBitmap = .at(0)
+            take.deviceState = .at(1)
+            let (body, _) = try daemons.call(.checkpointd, .checkpointTake(take), fds: [bitmap, state],
+                                             timeout: .seconds(60))
+            guard case .checkpointTaken(let taken)? = body else { throw .daemon(.checkpointd, "no report") }
+            if trigger != .migration {
+                try daemons.call(.proxyd, .proxyCheckpointDone(ColoProxyCheckpointDone()))
+            }
+            let answer = try waitForAnswer(request.sequence)
+            guard answer.error.isEmpty else {
+                throw .peer("the secondary could not load checkpoint \(taken.sequence): \(answer.error)")
+            }
+            if trigger == .migration {
+                try attachProxy(role: .primary)
+            }
+            try guest.resume()
+            resumed = true
+            let pause = ContinuousClock.now - pausedAt
+            let record = CheckpointRecord(sequence: taken.sequence, trigger: trigger, pause: pause,
+                                          pagesSent: taken.pagesSent, bytesSent: taken.bytesSent, at: .now)
+            shared.withLock {
+                $0.history.append(record)
+                if $0.history.count > 4096 { $0.history.removeFirst($0.history.count - 4096) }
+            }
+            logger.info("checkpoint \(taken.sequence) (\(trigger.rawValue)): paused \(pause)", metadata: event("checkpoint")
+                .merging(["checkpoint": "\(taken.sequence)", "trigger": "\(trigger.rawValue)",
+                          "pause_us": "\(pause.microseconds)", "pages": "\(taken.pagesSent)"]) { $1 })
+        }
+    }
+
+    /// Waits for the secondary's answer, giving up early when the pair
+    /// leaves lock-step (the peer was declared lost meanwhile).
+    private func waitForAnswer(_ sequence: UInt64) throws(ActuationError) -> PeerStepDone {
+        let deadline = ContinuousClock.now.advanced(by: max(configuration.heartbeat.timeout, .seconds(2)) + .seconds(10))
+        while true {
+            if let answer = try? mailbox.answer(to: sequence, timeout: .milliseconds(50)) { return answer }
+            if ContinuousClock.now > deadline { throw .timedOut("the secondary to load the checkpoint") }
+            if shared.withLock({ $0.abandoned }) { throw .peer("the pair left lock-step during the checkpoint") }
+        }
+    }
+
+    /// The secondary's checkpoint: pause, commit the checkpoint into the
+    /// VM's RAM (the pages either side dirtied), load the device state,
+    /// empty the disk overlays, reset proxyd, resume, answer. A checkpoint
+    /// that fails to arrive whole leaves the VM on its last committed state.
+    func secondaryCheckpoint(_ request: PeerStepRequest, incoming: Bool = false) throws(ActuationError) {
+        let started = ContinuousClock.now
+        do {
+            try checkpointLock.withLock { _ throws(ActuationError) in
+                // An incoming VM has not run: nothing of its own is dirty.
+                var resumed = incoming
+                if !incoming { try guest.pause() }
+                defer { if !resumed { try? guest.resume() } }
+                let bitmap = incoming ? try guest.emptyDirtyLog() : try guest.dirtyLog()
+                defer { try? bitmap.close() }
+                var commit = ColoCheckpointCommit()
+                commit.guestDirtyBitmap = .at(0)
+                let (body, fds) = try daemons.call(.checkpointd, .checkpointCommit(commit), fds: [bitmap],
+                                                   timeout: .seconds(60))
+                guard case .checkpointCommitted(let committed)? = body, Int(committed.deviceState.index) < fds.count else {
+                    fds.forEach { try? $0.close() }
+                    throw .daemon(.checkpointd, "the commit reply carries no device state")
+                }
+                defer { fds.forEach { try? $0.close() } }
+                try guest.loadState(fds[Int(committed.deviceState.index)])
+                try guest.diskCheckpoint()
+                if shared.withLock({ $0.proxyAttached }) {
+                    try daemons.call(.proxyd, .proxyCheckpointDone(ColoProxyCheckpointDone()))
+                } else {
+                    try attachProxy(role: .secondary)
+                }
+                try guest.resume()
+                resumed = true
+                logger.info("checkpoint \(committed.sequence) loaded", metadata: event("checkpoint_loaded")
+                    .merging(["checkpoint": "\(committed.sequence)", "pages": "\(committed.pagesCopied)"]) { $1 })
+            }
+        } catch {
+            answer(request.sequence, error: "\(error)", duration: ContinuousClock.now - started)
+            shared.withLock { $0.failedCheckpoints += 1; $0.lastError = "\(error)" }
+            logger.error("checkpoint failed: \(error)", metadata: event("checkpoint_failed"))
+            throw error
+        }
+        answer(request.sequence, error: "", duration: ContinuousClock.now - started)
+    }
+
+    /// The primary's lock-step loop: a checkpoint when proxyd asks, when an
+    /// operator asks, or when the maximum interval has passed.
+    func scheduleCheckpoints() {
+        var last = ContinuousClock.now
+        while shared.withLock({ $0.lockstep }) {
+            let trigger = shared.withLock { shared -> CheckpointTrigger? in
+                defer { shared.pendingTrigger = nil }
+                return shared.pendingTrigger
+            }
+            let due = ContinuousClock.now - last >= configuration.checkpoint.maxInterval
+            guard let chosen = trigger ?? (due ? .periodic : nil) else {
+                usleep(500)
+                continue
+            }
+            do {
+                try checkpoint(trigger: chosen)
+            } catch {
+                shared.withLock { $0.failedCheckpoints += 1; $0.lastError = "\(error)" }
+                logger.error("checkpoint failed: \(error)", metadata: event("checkpoint_failed"))
+                // The supervisor's watchdog decides whether the peer is gone;
+                // until then, do not spin on a failing peer.
+                usleep(200_000)
+            }
+            last = ContinuousClock.now
+        }
+    }
+
+    /// The secondary's lock-step loop: answer each checkpoint request.
+    func serveSteps() {
+        while shared.withLock({ $0.lockstep }) {
+            guard let request = try? nextRequest(timeout: .milliseconds(200)) else { continue }
+            guard request.step == .checkpoint else {
+                answer(request.sequence, error: "step \(request.step) is not taken in lock-step", duration: .zero)
+                continue
+            }
+            try? secondaryCheckpoint(request)
+        }
+    }
+
+    /// An operator's checkpoint: runs at the scheduler's next turn; returns
+    /// its record.
+    public func requestCheckpoint(timeout: Duration = .seconds(60)) throws(ActuationError) -> CheckpointRecord {
+        let before = shared.withLock { shared -> UInt64? in
+            guard shared.lockstep else { return nil }
+            shared.pendingTrigger = .operator
+            return shared.history.last?.sequence ?? 0
+        }
+        guard let before else { throw .state("checkpoints are taken in lock-step only") }
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while ContinuousClock.now < deadline {
+            if let record = shared.withLock({ $0.history.last }), record.sequence > before { return record }
+            usleep(1000)
+        }
+        throw .timedOut("the checkpoint")
+    }
+}
