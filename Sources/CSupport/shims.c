@@ -15,7 +15,6 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-#include <string.h>
 #include <sys/ioctl.h>
 #include <net/if.h>
 #include <linux/if_tun.h>
@@ -159,6 +158,7 @@ int colo_send_datagrams(int fd, const unsigned char *buffer, const size_t *offse
         messages[i].msg_hdr.msg_iovlen = 1;
     }
     return sendmmsg(fd, messages, count, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
 
 int colo_open_tap(const char *name)
 {

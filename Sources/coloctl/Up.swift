@@ -36,7 +36,7 @@ struct Up: ParsableCommand {
     var compareTimeout = "200ms"
 
     @Option(help: "Heartbeat interval and the silence after which the peer is lost, e.g. 100ms,600ms.")
-    var heartbeat = "100ms,600ms"
+    var heartbeat = "100ms,400ms"
 
     @Option(help: "Seconds to wait for lock-step.")
     var wait: Double = 300
@@ -113,8 +113,15 @@ struct Up: ParsableCommand {
     }
 
     private func defaultGuest(binaries: String) -> String? {
-        let candidates = ["\(binaries)/colo-guest.elf", "\(binaries)/../../guest/build/colo-guest.elf",
-                          "/usr/share/colo/colo-guest.elf"]
+        // Beside the binaries when installed; in the source tree's
+        // guest/build when run from .build/<triple>/<configuration>.
+        var candidates = ["\(binaries)/colo-guest.elf"]
+        var directory = binaries
+        for _ in 0..<4 {
+            directory += "/.."
+            candidates.append("\(directory)/guest/build/colo-guest.elf")
+        }
+        candidates.append("/usr/share/colo/colo-guest.elf")
         return candidates.first { access($0, R_OK) == 0 }.map { realPath($0) }
     }
 
