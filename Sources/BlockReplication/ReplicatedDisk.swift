@@ -87,8 +87,16 @@ public final class ReplicatedDisk: BlockDevice {
         gate.exclusive {}
     }
 
-    /// Drops the partner (the peer failed or is being replaced).
+    /// Drops the partner (the peer failed or is being replaced). The
+    /// connection is cut first: writes waiting on a silent partner then
+    /// fail over to local-only at once instead of holding the gate until
+    /// the request timeout.
     public func detach(reason: String) {
+        switch mode.withLock({ $0 }) {
+        case .replicating(let partner): partner.disconnect()
+        case .mirroring(let mirror): mirror.partner.disconnect()
+        case .solo: break
+        }
         gate.exclusive { enterSolo(reason) }
     }
 

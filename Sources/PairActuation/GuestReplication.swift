@@ -36,6 +36,10 @@ public final class GuestReplication: PairActuator {
         var failedCheckpoints = 0
         var lastError = ""
         var progress: MigrationProgress?
+        /// Running without a partner, serving the clients.
+        var runningAlone = false
+        /// Where a dead local daemon is reported (the supervisor resigns).
+        var onLocalFailure: (@Sendable (String) -> Void)?
     }
 
     let configuration: HostConfiguration
@@ -61,13 +65,17 @@ public final class GuestReplication: PairActuator {
     /// Brings the local guest up as the pair's state says: a primary boots
     /// its VM and serves (alone, straight to the network, until a secondary
     /// joins); a secondary waits for the primary to migrate one to it.
-    public func start(role: PairRole, state: PairState) throws(ActuationError) {
+    public func start(role: PairRole, state: PairState,
+                      onLocalFailure: @escaping @Sendable (String) -> Void) throws(ActuationError) {
+        shared.withLock { $0.onLocalFailure = onLocalFailure }
+        spawnThread(name: "local-health") { [self] in watchLocalDaemons() }
         guard role == .primary, state != .fenced else { return }
         let plumbing = try guest.boot()
         shared.withLock { $0.frames = plumbing.frames }
         logger.notice("guest booted", metadata: event("guest_booted"))
         if state == .alone {
             try attachProxy(role: .passThrough)
+            shared.withLock { $0.runningAlone = true }
         }
     }
 
@@ -113,6 +121,13 @@ public final class GuestReplication: PairActuator {
 
     public func continueAlone() {
         shared.withLock { $0.lockstep = false; $0.abandoned = true }
+        // Before waiting for a checkpoint in flight: guest writes waiting on
+        // the lost secondary complete locally now.
+        do {
+            try guest.diskFailover()
+        } catch {
+            logger.error("disk: dropping the secondary failed: \(error)", metadata: event("disk_detach_failed"))
+        }
         checkpointLock.withLock { _ in goAlone() }
     }
 
@@ -161,6 +176,7 @@ public final class GuestReplication: PairActuator {
             // Running already is the usual case.
             logger.debug("resume: \(error)", metadata: event("resume_skipped"))
         }
+        shared.withLock { $0.runningAlone = true }
         logger.notice("running alone", metadata: event("running_alone"))
     }
 

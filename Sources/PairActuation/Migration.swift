@@ -74,7 +74,10 @@ extension GuestReplication {
         attach.guestMemory = .at(0)
         attach.controlChannel = .at(1)
         attach.pageChannels = channels.checkpointPages.indices.map { .at(2 + $0) }
-        attach.peerTimeoutMs = UInt32(clamping: max(configuration.heartbeat.timeout.milliseconds, 2000))
+        // A checkpoint that stalls longer than this is abandoned whole; it is
+        // also how long a primary stays paused when its secondary dies
+        // during a checkpoint.
+        attach.peerTimeoutMs = UInt32(clamping: max(configuration.heartbeat.timeout.milliseconds * 2, 1000))
         try daemons.call(.checkpointd, .checkpointAttach(attach), fds: fds, timeout: .seconds(30))
     }
 

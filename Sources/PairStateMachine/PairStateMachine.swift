@@ -43,6 +43,9 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         case witnessRefused(String)
         case operatorResync
         case operatorFailback
+        /// A local daemon the guest depends on died (the VM, its network or
+        /// its disk): this host can no longer hold its half of the pair.
+        case localFailure(String)
     }
 
     /// What supervisord must do, in order.
@@ -65,6 +68,9 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         case persist
         /// Swap roles with the partner (failback).
         case swapRoles
+        /// Stop heartbeating and close the link, so the peer sees this host
+        /// as lost and takes over (or carries on alone).
+        case resign
     }
 
     /// Handles one event. An event that does not apply in the current state
@@ -109,6 +115,9 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         case (.alone, .operatorResync):
             state = .resyncing
             return [.persist, .startSync]
+        case (let current, .localFailure(let reason)) where current != .fenced:
+            state = .fenced
+            return [.stopReplication, .persist, .fence(reason: reason), .resign]
         case (.lockstep, .operatorFailback):
             role = role == .primary ? .secondary : .primary
             return [.persist, .swapRoles]

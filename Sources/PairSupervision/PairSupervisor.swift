@@ -137,6 +137,14 @@ public final class PairSupervisor: Sendable {
     public func operatorResync() -> Bool { handle(.operatorResync) }
     public func operatorFailback() -> Bool { handle(.operatorFailback) }
 
+    /// The actuator found a local daemon dead: this host fences itself and
+    /// resigns, so the peer takes over within its heartbeat timeout.
+    public func localFailure(_ reason: String) {
+        logger.critical("local failure: \(reason)", metadata: metadata(event: "local_failure")
+            .merging(["reason": "\(reason)"]) { $1 })
+        handle(.localFailure(reason))
+    }
+
     // MARK: - Events and actions
 
     /// Feeds one event to the machine and carries out its actions in order.
@@ -195,6 +203,8 @@ public final class PairSupervisor: Sendable {
             actuator.fence(reason: reason)
         case .swapRoles:
             logger.notice("roles swapped", metadata: metadata(event: "failback"))
+        case .resign:
+            stop()
         }
     }
 

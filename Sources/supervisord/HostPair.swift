@@ -56,7 +56,10 @@ final class HostPair: Sendable {
     /// starts the link, heartbeat and watchdog.
     func start() throws(StartError) {
         do {
-            try replication.start(role: supervisor.role, state: supervisor.state)
+            let supervisor = supervisor
+            try replication.start(role: supervisor.role, state: supervisor.state) { reason in
+                supervisor.localFailure(reason)
+            }
         } catch {
             throw StartError(description: "the local guest cannot start: \(error)")
         }

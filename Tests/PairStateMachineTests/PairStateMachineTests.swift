@@ -11,6 +11,16 @@ final class PairStateMachineTests: XCTestCase {
         return machine
     }
 
+    func testALocalDaemonLostFencesAndResignsSoThePeerTakesOver() {
+        var machine = lockstep(.primary, epoch: 2)
+        XCTAssertEqual(machine.handle(.localFailure("vmmd is gone")),
+                       [.stopReplication, .persist, .fence(reason: "vmmd is gone"), .resign])
+        XCTAssertEqual(machine.state, .fenced)
+        XCTAssertEqual(machine.handle(.localFailure("again")), [], "a fenced host has nothing left to resign")
+        var alone = PairStateMachine(restoring: .primary, state: .alone, epoch: 3)
+        XCTAssertEqual(alone.handle(.localFailure("blockd is gone")).last, .resign)
+    }
+
     func testStartUpSyncsThenRunsInLockstep() {
         var machine = PairStateMachine(role: .primary)
         XCTAssertEqual(machine.handle(.peerConnected(peerEpoch: 3)), [.persist, .startSync])
