@@ -78,12 +78,14 @@ extension GuestReplication {
         let started = ContinuousClock.now
         do {
             try checkpointLock.withLock { _ throws(ActuationError) in
-                // An incoming VM has not run: nothing of its own is dirty.
+                // An incoming VM has not run: nothing of its own is dirty,
+                // and checkpointd wrote the pages into its RAM as they came.
                 var resumed = incoming
                 if !incoming { try guest.pause() }
                 defer { if !resumed { try? guest.resume() } }
                 let bitmap = incoming ? try guest.emptyDirtyLog() : try guest.dirtyLog()
                 defer { try? bitmap.close() }
+                if !incoming { try receiveAndCheck() }
                 var commit = ColoCheckpointCommit()
                 commit.guestDirtyBitmap = .at(0)
                 let (body, fds) = try daemons.call(.checkpointd, .checkpointCommit(commit), fds: [bitmap],
@@ -94,6 +96,11 @@ extension GuestReplication {
                 }
                 defer { fds.forEach { try? $0.close() } }
                 try guest.loadState(fds[Int(committed.deviceState.index)])
+                if incoming {
+                    // Start the dirty log before the VM first runs, so the
+                    // next commit copies only what it wrote, not all of RAM.
+                    try? guest.dirtyLog().close()
+                }
                 try guest.diskCheckpoint()
                 if shared.withLock({ $0.proxyAttached }) {
                     try daemons.call(.proxyd, .proxyCheckpointDone(ColoProxyCheckpointDone()))
@@ -112,6 +119,26 @@ extension GuestReplication {
             throw error
         }
         answer(request.sequence, error: "", duration: ContinuousClock.now - started)
+    }
+
+    /// Waits for the whole checkpoint and has vmmd check its device state
+    /// before anything is written into the secondary VM's RAM: a blob vmmd
+    /// would refuse is refused to the primary, and the VM stays whole on its
+    /// last committed state.
+    private func receiveAndCheck() throws(ActuationError) {
+        let (body, fds) = try daemons.call(.checkpointd, .checkpointReceive(ColoCheckpointReceive()), timeout: .seconds(60))
+        defer { fds.forEach { try? $0.close() } }
+        guard case .checkpointReceived(let received)? = body, Int(received.deviceState.index) < fds.count else {
+            throw .daemon(.checkpointd, "the receive reply carries no device state")
+        }
+        do {
+            try guest.loadState(fds[Int(received.deviceState.index)], checkOnly: true)
+        } catch {
+            var refuse = ColoCheckpointRefuse()
+            refuse.reason = "\(error)"
+            _ = try? daemons.call(.checkpointd, .checkpointRefuse(refuse))
+            throw error
+        }
     }
 
     /// The primary's lock-step loop: a checkpoint when proxyd asks, when an

@@ -179,9 +179,12 @@ final class LocalGuest: Sendable {
         return keepOnly(Int(saved.state.index), of: fds)
     }
 
-    func loadState(_ state: FileDescriptor) throws(ActuationError) {
+    /// Loads a device state; with `checkOnly`, vmmd runs every check a load
+    /// would and changes nothing.
+    func loadState(_ state: FileDescriptor, checkOnly: Bool = false) throws(ActuationError) {
         var request = ColoVmStateLoadRequest()
         request.state = .at(0)
+        request.checkOnly = checkOnly
         try daemons.call(.vmmd, .vmStateLoad(request), fds: [state])
     }
 

@@ -9,6 +9,9 @@ extension GuestReplication {
     /// fails both at once (its socket is closed, then refused).
     func watchLocalDaemons() {
         let watched: [LocalDaemon] = [.vmmd, .proxyd, .blockd, .checkpointd]
+        // Connections of its own: a daemon answers one connection's requests
+        // in order, and a status request must not queue behind a checkpoint.
+        let daemons = LocalDaemons(runtimeDirectory: daemons.runtimeDirectory)
         var misses: [LocalDaemon: Int] = [:]
         while true {
             usleep(50_000)

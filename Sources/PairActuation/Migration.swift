@@ -71,6 +71,9 @@ extension GuestReplication {
         defer { fds.forEach { try? $0.close() } }
         var attach = ColoCheckpointAttach()
         attach.role = primary ? .primary : .secondary
+        // The secondary's VM is a fresh incoming one that does not run
+        // before the first commit: pages go straight into its RAM.
+        attach.incoming = !primary
         attach.guestMemory = .at(0)
         attach.controlChannel = .at(1)
         attach.pageChannels = channels.checkpointPages.indices.map { .at(2 + $0) }
