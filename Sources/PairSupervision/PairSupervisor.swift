@@ -306,10 +306,12 @@ public final class PairSupervisor: Sendable {
             } catch {
                 logger.warning("peer link failed", metadata: metadata(event: "peer_link_failed")
                     .merging(["error": "\(error)"]) { $1 })
+                linkEnded(session)
                 return
             }
             guard let message else {
                 logger.warning("peer closed the link", metadata: metadata(event: "peer_link_closed"))
+                linkEnded(session)
                 return
             }
             switch message.body {
@@ -383,6 +385,17 @@ public final class PairSupervisor: Sendable {
             usleep(20_000)
         }
         return nil
+    }
+
+    /// The peer's kernel closed or reset the link: its supervisord is gone
+    /// (the host died, or it resigned). That is known now, without waiting
+    /// out the heartbeat timeout; the witness still decides who holds the
+    /// pair. A link that goes silent instead is the watchdog's business.
+    private func linkEnded(_ session: PeerSession) {
+        let current = shared.withLock { $0.session === session && $0.running }
+        guard current, [.lockstep, .syncing, .resyncing].contains(state) else { return }
+        logger.error("the peer closed the link", metadata: metadata(event: "peer_lost"))
+        handle(.peerLost)
     }
 
     private func heartbeatLoop() {
