@@ -221,7 +221,8 @@ let package = Package(
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PairConfiguration"]),
         .testTarget(name: "PairStateMachineTests", dependencies: ["PairStateMachine"]),
         .testTarget(name: "PairSupervisionTests", dependencies: [
-            "PairSupervision", "PairConfiguration", "PairStateMachine", "PeerAuthentication", "PeerLink", "Witness",
+            "ColoProtocol", "PairSupervision", "PairConfiguration", "PairStateMachine", "PeerAuthentication", "PeerLink",
+            "Witness",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "WitnessTests", dependencies: ["Witness", "ColoProtocol", "PeerAuthentication", "PeerLink",

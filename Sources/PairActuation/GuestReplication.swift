@@ -94,7 +94,7 @@ public final class GuestReplication: PairActuator {
     }
 
     public func startLockstep(as role: PairRole) {
-        shared.withLock { $0.lockstep = true; $0.progress = nil }
+        shared.withLock { $0.lockstep = true; $0.runningAlone = false; $0.progress = nil }
         logger.notice("lock-step running", metadata: event("lockstep_started"))
         if role == .primary {
             spawnThread(name: "checkpoint-scheduler") { [self] in scheduleCheckpoints() }

@@ -152,13 +152,51 @@ struct DemoPair {
                            "--state-file", "\(directory)/witness.state"],
                           log: "\(directory)/witness.log")
         for host in Self.hosts {
-            try spawnDetached(["ip", "netns", "exec", "colo-\(host)", "\(binaries)/supervisord",
-                               "--config", "\(hostDirectory(host))/host.conf",
-                               "--runtime-dir", runtimeDirectory(host),
-                               "--state-dir", "\(hostDirectory(host))/state",
-                               "--spawn-daemons", binaries],
-                              log: "\(hostDirectory(host))/daemons.log")
+            try startHost(host, binaries: binaries)
         }
+    }
+
+    private func startHost(_ host: String, binaries: String) throws(Failure) {
+        try spawnDetached(["ip", "netns", "exec", "colo-\(host)", "\(binaries)/supervisord",
+                           "--config", "\(hostDirectory(host))/host.conf",
+                           "--runtime-dir", runtimeDirectory(host),
+                           "--state-dir", "\(hostDirectory(host))/state",
+                           "--spawn-daemons", binaries],
+                          log: "\(hostDirectory(host))/daemons.log")
+    }
+
+    /// Replaces a host of the demo pair by a fresh one, as a new machine
+    /// would join: whatever ran there is stopped, its state and disk are
+    /// wiped (an empty image of the same size), and it starts as a
+    /// secondary, waiting for the survivor's `coloctl resync`.
+    func replaceHost(_ host: String, binaries: String) throws(Failure) {
+        let namespace = "colo-\(host)"
+        for pid in (try? output("ip", "netns", "pids", namespace))?.split(separator: "\n") ?? [] {
+            if let pid = pid_t(pid.trimmingCharacters(in: " ")) { kill(pid, SIGKILL) }
+        }
+        let deadline = ContinuousClock.now.advanced(by: .seconds(10))
+        while ((try? output("ip", "netns", "pids", namespace)) ?? "").contains(where: \.isNumber) {
+            guard ContinuousClock.now < deadline else { throw Failure(description: "the processes of \(namespace) do not exit") }
+            usleep(50_000)
+        }
+        _ = try? runQuietly("rm", "-rf", "\(hostDirectory(host))/state", runtimeDirectory(host))
+        try makeDirectory("\(hostDirectory(host))/state")
+        try makeDirectory(runtimeDirectory(host))
+        let disk = "\(hostDirectory(host))/disk.img"
+        var info = stat()
+        guard stat(disk, &info) == 0 else { throw Failure(description: "\(disk): \(String(cString: strerror(errno)))") }
+        let fd = open(disk, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0o600)
+        guard fd >= 0, ftruncate(fd, info.st_size) == 0 else {
+            throw Failure(description: "cannot recreate \(disk): \(String(cString: strerror(errno)))")
+        }
+        close(fd)
+        let configuration = "\(hostDirectory(host))/host.conf"
+        guard let text = try? readText(configuration) else { throw Failure(description: "cannot read \(configuration)") }
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).map { line in
+            line.hasPrefix("role = ") ? "role = secondary" : String(line)
+        }
+        try writeFile(configuration, Array(lines.joined(separator: "\n").utf8), mode: 0o644)
+        try startHost(host, binaries: binaries)
     }
 
     /// Stops every process in the demo's namespaces and removes them.
@@ -256,6 +294,20 @@ func spawnDetached(_ arguments: [String], log: String) throws(DemoPair.Failure) 
     guard result == 0 else {
         throw DemoPair.Failure(description: "cannot start \(arguments.joined(separator: " ")): \(String(cString: strerror(result)))")
     }
+}
+
+func readText(_ path: String) throws(DemoPair.Failure) -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw DemoPair.Failure(description: "cannot read \(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let count = read(fd, &buffer, buffer.count)
+        if count <= 0 { break }
+        bytes += buffer[0..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 func makeDirectory(_ path: String) throws(DemoPair.Failure) {

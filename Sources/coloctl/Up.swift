@@ -44,17 +44,39 @@ struct Up: ParsableCommand {
     @Flag(help: "Tear down an existing demo pair first.")
     var replace = false
 
+    @Option(help: ArgumentHelp(
+        "Replace one host (a or b) of the running demo pair by a fresh secondary (empty disk, no state), for `coloctl resync` on the survivor.",
+        valueName: "host"))
+    var freshHost: String?
+
     func validate() throws {
         guard heartbeat.split(separator: ",").count == 2 else {
             throw ValidationError("--heartbeat takes INTERVAL,TIMEOUT, e.g. 100ms,600ms")
         }
         guard wait > 0 else { throw ValidationError("--wait must be positive") }
+        if let freshHost, !DemoPair.hosts.contains(freshHost) {
+            throw ValidationError("--fresh-host takes a or b")
+        }
     }
 
     func run() throws {
         guard geteuid() == 0 else {
             printError("coloctl up: the demo pair needs root (network namespaces, taps, /dev/kvm)")
             throw ExitCode.failure
+        }
+        if let freshHost {
+            guard DemoPair.exists() else {
+                printError("coloctl up: no demo pair is up to add a host to")
+                throw ExitCode.failure
+            }
+            do {
+                try DemoPair(directory: dir).replaceHost(freshHost, binaries: binaries ?? executableDirectory())
+            } catch {
+                printError("coloctl up: \(error)")
+                throw ExitCode.failure
+            }
+            print("host \(freshHost) restarted as a fresh secondary; run coloctl resync on the survivor")
+            return
         }
         if DemoPair.exists() {
             guard replace else {

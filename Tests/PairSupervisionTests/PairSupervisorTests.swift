@@ -1,3 +1,4 @@
+import ColoProtocol
 import Foundation
 import Glibc
 import Logging
