@@ -2,8 +2,10 @@ import BlockDevice
 import Glibc
 import Logging
 
-/// One client of the NBD server, on a thread of its own: the handshake,
-/// then requests served in order, each answered before the next is read.
+/// One client of the NBD server: the handshake and the reading of
+/// requests on a thread of its own, the requests served by a few workers
+/// of the connection (`NBDRequestWorkers`), so a client keeps several in
+/// flight and gets each reply when it is done.
 final class NBDServerConnection: @unchecked Sendable {
     static let baseAllocationContextID: UInt32 = 1
 
@@ -11,18 +13,15 @@ final class NBDServerConnection: @unchecked Sendable {
     let catalog: NBDExportCatalog
     let logger: Logger
     let counters: NBDServerCounters
-    /// Reused for every READ and WRITE of this connection.
-    private var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    /// Requests one connection serves at once, and how many it holds read.
+    static let workers = 4
+    static let requestsInFlight = 8
 
     init(socket: NBDSocket, catalog: NBDExportCatalog, logger: Logger, counters: NBDServerCounters) {
         self.socket = socket
         self.catalog = catalog
         self.logger = logger
         self.counters = counters
-    }
-
-    deinit {
-        buffer.deallocate()
     }
 
     func run(peer: String) {
@@ -55,6 +54,18 @@ final class NBDServerConnection: @unchecked Sendable {
         let terms = NBDExportTerms(size: device.capacity, readOnly: export.readOnly || features.readOnly,
                                    flush: features.flush, trim: features.trim, writeZeroes: features.writeZeroes,
                                    structuredReplies: outcome.structuredReplies, blockStatus: outcome.blockStatus)
+        let structured = outcome.structuredReplies
+        let workers = NBDRequestWorkers(count: Self.workers, inFlight: Self.requestsInFlight,
+                                        name: "nbd-work") { [self] job in
+            defer { job.payload?.deallocate() }
+            do throws(NBDProtocolError) {
+                try serve(job.command, job.request, payload: job.payload, device: device, structured: structured)
+            } catch {
+                // The reply could not be sent: the reader sees the socket end.
+                socket.shutdown()
+            }
+        }
+        defer { workers.finish() }
         while true {
             let request = try NBDRequest.parse(try socket.read(NBDRequest.size))
             switch request.disposition(under: terms) {
@@ -71,19 +82,32 @@ final class NBDServerConnection: @unchecked Sendable {
                 throw .handshake(reason)
             case let .serve(command):
                 counters.served.add(1, ordering: .relaxed)
-                try serve(command, request, device: device, structured: outcome.structuredReplies)
+                workers.reserve()
+                var payload: UnsafeMutableRawBufferPointer?
+                if command == .write {
+                    let data = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(request.length), alignment: 4096)
+                    do {
+                        try socket.read(into: data)
+                    } catch {
+                        data.deallocate()
+                        throw error
+                    }
+                    payload = data
+                }
+                workers.submit(NBDJob(command: command, request: request, payload: payload))
             }
         }
     }
 
-    private func serve(_ command: NBDCommand, _ request: NBDRequest, device: any BlockDevice, structured: Bool)
-        throws(NBDProtocolError) {
+    private func serve(_ command: NBDCommand, _ request: NBDRequest, payload: UnsafeMutableRawBufferPointer?,
+                       device: any BlockDevice, structured: Bool) throws(NBDProtocolError) {
         let fua = request.flags & NBDCommandFlag.fua != 0
         let length = Int(request.length)
         do {
             switch command {
             case .read:
-                let data = scratch(length)
+                let data = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 4096)
+                defer { data.deallocate() }
                 do {
                     try device.read(into: data, at: request.offset)
                 } catch {
@@ -92,8 +116,7 @@ final class NBDServerConnection: @unchecked Sendable {
                 try replyData(request, data: UnsafeRawBufferPointer(data), structured: structured)
                 return
             case .write:
-                let data = scratch(length)
-                try socket.read(into: data)
+                let data = payload ?? UnsafeMutableRawBufferPointer(start: nil, count: 0)
                 if !fua, let early = device as? any EarlyAcknowledgingDevice {
                     return try writeAcknowledgingEarly(request, data: UnsafeRawBufferPointer(data), to: early,
                                                        structured: structured)
@@ -145,14 +168,6 @@ final class NBDServerConnection: @unchecked Sendable {
             ])
         }
         if let replyFailure { throw replyFailure }
-    }
-
-    private func scratch(_ length: Int) -> UnsafeMutableRawBufferPointer {
-        if buffer.count < length {
-            buffer.deallocate()
-            buffer = .allocate(byteCount: max(length, 128 * 1024), alignment: 4096)
-        }
-        return UnsafeMutableRawBufferPointer(rebasing: buffer[..<length])
     }
 
     private func replySimple(_ request: NBDRequest, errno: UInt32, data: UnsafeRawBufferPointer? = nil)

@@ -9,8 +9,9 @@ import Synchronization
 import XCTest
 
 /// One `NBDClient` shared by several threads against blockd's own server:
-/// the waiting callers take turns reading the socket for each other, and
-/// a server that stops answering fails every waiter within the timeout.
+/// the waiting callers take turns reading the socket for each other, the
+/// server answers requests out of order, and a server that stops
+/// answering fails every waiter within the timeout.
 final class NBDClientConcurrencyTests: XCTestCase {
     var directory = ""
 
@@ -92,6 +93,21 @@ final class NBDClientConcurrencyTests: XCTestCase {
         }
         XCTAssertNotNil(client.failure)
     }
+
+    func testServerAnswersALaterReadWhileAnEarlierWriteIsStillRunning() throws {
+        let stuck = StuckDevice()
+        defer { stuck.release.signal() }
+        let client = try serve(stuck)
+        let data = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 8)
+        defer { data.deallocate() }
+        data.initializeMemory(as: UInt8.self, repeating: 1)
+        let write = try client.submit(.write, offset: 0, length: 512, payload: UnsafeRawBufferPointer(data))
+        // Served by another worker and answered first, out of order.
+        XCTAssertEqual(try client.read(at: 4096, count: 512), [UInt8](repeating: 0, count: 512))
+        stuck.release.signal()
+        try client.wait(write)
+        client.disconnect()
+    }
 }
 
 /// A device whose writes block until released: a server that stopped answering.
@@ -99,7 +115,9 @@ final class StuckDevice: BlockDevice, @unchecked Sendable {
     let release = DispatchSemaphore(value: 0)
     var capacity: UInt64 { 1 << 20 }
     var features: BlockFeatures { BlockFeatures() }
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {}
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+    }
     func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
         release.wait()
         release.signal()
