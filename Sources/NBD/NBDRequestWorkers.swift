@@ -28,8 +28,11 @@ final class NBDRequestWorkers: Sendable {
     private let finished = DispatchGroup()
     private let count: Int
 
+    private let serve: @Sendable (NBDJob) -> Void
+
     init(count: Int, inFlight: Int, name: String, serve: @escaping @Sendable (NBDJob) -> Void) {
         self.count = count
+        self.serve = serve
         slots = DispatchSemaphore(value: inFlight)
         for index in 0..<count {
             finished.enter()
@@ -46,6 +49,12 @@ final class NBDRequestWorkers: Sendable {
     /// Waits for room for one more request (before its payload is read).
     func reserve() {
         slots.wait()
+    }
+
+    /// Serves a request on the calling thread; `reserve` made room for it.
+    func serveHere(_ job: NBDJob) {
+        serve(job)
+        slots.signal()
     }
 
     /// Hands a request to the workers; `reserve` made room for it.

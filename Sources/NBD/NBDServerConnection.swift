@@ -3,9 +3,11 @@ import Glibc
 import Logging
 
 /// One client of the NBD server: the handshake and the reading of
-/// requests on a thread of its own, the requests served by a few workers
-/// of the connection (`NBDRequestWorkers`), so a client keeps several in
-/// flight and gets each reply when it is done.
+/// requests on a thread of its own. A request with more queued behind it
+/// goes to a few workers of the connection (`NBDRequestWorkers`), so a
+/// client keeps several in flight and gets each reply when it is done; a
+/// lone request (the replicated guest write) is served by the reader
+/// itself, without a thread hand-off.
 final class NBDServerConnection: @unchecked Sendable {
     static let baseAllocationContextID: UInt32 = 1
 
@@ -13,8 +15,9 @@ final class NBDServerConnection: @unchecked Sendable {
     let catalog: NBDExportCatalog
     let logger: Logger
     let counters: NBDServerCounters
-    /// Requests one connection serves at once, and how many it holds read.
-    static let workers = 4
+    /// Workers of one connection (two cores here: more only add hand-offs),
+    /// and how many requests it holds read at most.
+    static let workers = 2
     static let requestsInFlight = 8
 
     init(socket: NBDSocket, catalog: NBDExportCatalog, logger: Logger, counters: NBDServerCounters) {
@@ -94,7 +97,14 @@ final class NBDServerConnection: @unchecked Sendable {
                     }
                     payload = data
                 }
-                workers.submit(NBDJob(command: command, request: request, payload: payload))
+                let job = NBDJob(command: command, request: request, payload: payload)
+                if socket.hasPendingInput {
+                    // More requests are queued: serve this one beside them.
+                    workers.submit(job)
+                } else {
+                    // A lone request is served right here: no hand-off.
+                    workers.serveHere(job)
+                }
             }
         }
     }

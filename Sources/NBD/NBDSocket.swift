@@ -64,6 +64,14 @@ public final class NBDSocket: @unchecked Sendable {
         }
     }
 
+    /// True when more bytes can be read without waiting (buffered here or
+    /// queued in the kernel): the peer has pipelined another request.
+    public var hasPendingInput: Bool {
+        if end > start { return true }
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
+    }
+
     public func read(_ count: Int) throws(NBDProtocolError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         try bytes.withUnsafeMutableBytes { destination in
