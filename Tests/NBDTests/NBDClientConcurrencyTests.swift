@@ -67,7 +67,7 @@ final class NBDClientConcurrencyTests: XCTestCase {
 
     func testServerThatStopsAnsweringFailsEveryWaiter() throws {
         let stuck = StuckDevice()
-        defer { stuck.release.signal() }
+        defer { stuck.release.signal(); stuck.releaseFirst.signal() }
         let client = try serve(stuck, timeout: .milliseconds(500))
         let outcomes = Mutex<[BlockError?]>([])
         let group = DispatchGroup()
@@ -77,7 +77,7 @@ final class NBDClientConcurrencyTests: XCTestCase {
             spawnThread(name: "waiter-\(thread)") {
                 defer { group.leave() }
                 do throws(BlockError) {
-                    try client.write([UInt8](repeating: 1, count: 512), at: UInt64(thread) * 512, fua: false)
+                    try client.write([UInt8](repeating: 1, count: 512), at: UInt64(thread + 1) * 512, fua: false)
                     outcomes.withLock { $0.append(nil) }
                 } catch {
                     outcomes.withLock { $0.append(error) }
@@ -96,31 +96,54 @@ final class NBDClientConcurrencyTests: XCTestCase {
 
     func testServerAnswersALaterReadWhileAnEarlierWriteIsStillRunning() throws {
         let stuck = StuckDevice()
-        defer { stuck.release.signal() }
+        defer { stuck.release.signal(); stuck.releaseFirst.signal() }
         let client = try serve(stuck)
         let data = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 8)
         defer { data.deallocate() }
         data.initializeMemory(as: UInt8.self, repeating: 1)
-        let write = try client.submit(.write, offset: 0, length: 512, payload: UnsafeRawBufferPointer(data))
-        // Served by another worker and answered first, out of order.
-        XCTAssertEqual(try client.read(at: 4096, count: 512), [UInt8](repeating: 0, count: 512))
+        // The first write holds the server's reader (a lone request is
+        // served where it is read) while a write and a read queue up
+        // behind it: the queued write goes to a worker and stays stuck
+        // there, the read behind it is answered first, out of order.
+        let first = try client.submit(.write, offset: 0, length: 512, payload: UnsafeRawBufferPointer(data))
+        XCTAssertEqual(stuck.firstEntered.wait(timeout: .now() + 10), .success)
+        let second = try client.submit(.write, offset: 512, length: 512, payload: UnsafeRawBufferPointer(data))
+        let destination = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 8)
+        defer { destination.deallocate() }
+        let read = try client.submit(.read, offset: 4096, length: 512, destination: destination)
+        usleep(100_000)
+        stuck.releaseFirst.signal()
+        try client.wait(first)
+        try client.wait(read)
+        XCTAssertEqual(Array(destination), [UInt8](repeating: 0, count: 512))
+        XCTAssertEqual(stuck.writesDone.load(ordering: .relaxed), 1, "the queued write is still running")
         stuck.release.signal()
-        try client.wait(write)
+        try client.wait(second)
         client.disconnect()
     }
 }
 
-/// A device whose writes block until released: a server that stopped answering.
+/// A device whose writes block until released: a server that stopped
+/// answering. A write at offset 0 has a gate of its own.
 final class StuckDevice: BlockDevice, @unchecked Sendable {
     let release = DispatchSemaphore(value: 0)
+    let firstEntered = DispatchSemaphore(value: 0)
+    let releaseFirst = DispatchSemaphore(value: 0)
+    let writesDone = Atomic<Int>(0)
     var capacity: UInt64 { 1 << 20 }
     var features: BlockFeatures { BlockFeatures() }
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
         buffer.initializeMemory(as: UInt8.self, repeating: 0)
     }
     func write(_ data: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
-        release.wait()
-        release.signal()
+        if offset == 0 {
+            firstEntered.signal()
+            releaseFirst.wait()
+        } else {
+            release.wait()
+            release.signal()
+        }
+        writesDone.add(1, ordering: .relaxed)
     }
     func flush() throws(BlockError) {}
     func trim(at offset: UInt64, length: UInt64, fua: Bool) throws(BlockError) {}
