@@ -102,6 +102,9 @@ def container(real_systemd, tmp_path_factory, daemons_dir, swift_runtime_dirs, c
         c.install(UNITS / "colo.sysusers", "/usr/lib/sysusers.d/colo.conf")
         c.install(cclient, "/usr/local/bin/colo-status", 0o755)
         c.run("systemd-sysusers")
+        # blockd's unit loads the pair key of its instance as a credential.
+        c.run("mkdir -p /etc/colo && for i in demo second; do head -c 32 /dev/urandom > /etc/colo/$i.key; "
+              "chmod 0600 /etc/colo/$i.key; done")
         # The root has no udev. On a host, udev creates /dev/kvm as
         # root:kvm 0660; nspawn bound the host's node (root 0600, and
         # chmod would change the host's). Replace the bind with a node of
