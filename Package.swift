@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
     ],
     targets: [
         // C libraries reached through pkg-config.
@@ -69,6 +70,11 @@ let package = Package(
         .target(name: "PeerLink", dependencies: ["CSupport", "PairConfiguration"]),
         // The pair's states and transitions, free of I/O.
         .target(name: "PairStateMachine"),
+        // The pair's metrics and their Prometheus text exposition over HTTP.
+        .target(name: "PairMetrics", dependencies: [
+            "ColoProtocol", "ControlSocket", "PairConfiguration", "PeerLink",
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
         // Small state files replaced atomically and durably.
         .target(name: "DurableFile"),
         // The tie-breaker that keeps a cut link from making two primaries.
@@ -190,12 +196,12 @@ let package = Package(
         ]),
         .executableTarget(name: "supervisord", dependencies: [
             "DaemonRuntime", "CSupport", "ColoProtocol", "ControlSocket", "PairActuation", "PairConfiguration",
-            "PairSupervision", "PeerAuthentication",
+            "PairMetrics", "PairSupervision", "PeerAuthentication",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "coloctl", dependencies: [
-            "ColoProtocol", "ControlSocket",
+            "ColoProtocol", "ControlSocket", "PairConfiguration",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -220,6 +226,7 @@ let package = Package(
         .testTarget(name: "PairConfigurationTests", dependencies: ["PairConfiguration"]),
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PairConfiguration"]),
         .testTarget(name: "PairStateMachineTests", dependencies: ["PairStateMachine"]),
+        .testTarget(name: "PairMetricsTests", dependencies: ["PairMetrics", "PairConfiguration", "ColoProtocol"]),
         .testTarget(name: "PairSupervisionTests", dependencies: [
             "ColoProtocol", "PairSupervision", "PairConfiguration", "PairStateMachine", "PeerAuthentication", "PeerLink",
             "Witness",

@@ -21,6 +21,15 @@ public protocol DaemonService: Sendable {
     /// not serve; the client then gets ERROR_CODE_UNKNOWN_REQUEST. Runs on
     /// the connection's thread: return quickly, start long work elsewhere.
     func handle(_ body: ColoRequest.OneOf_Body, context: ControlRequestContext) -> ControlReply?
+
+    /// Called once, when the daemon serves: sandboxed, capabilities dropped.
+    /// Where a service starts the threads that run on their own (a thread
+    /// created before the sandbox would keep the capabilities it drops).
+    func serving()
+}
+
+extension DaemonService {
+    public func serving() {}
 }
 
 /// What the runtime tells a service at creation.
@@ -160,6 +169,7 @@ public enum DaemonHost {
         }
         selfStatus.record(server: server)
         server.start()
+        service.serving()
         ServiceNotifier().ready(status: "serving \(path)")
         logger.info("\(name) ready", metadata: [
             "event": "daemon_ready", "socket": "\(path)", "socket_origin": "\(origin)",

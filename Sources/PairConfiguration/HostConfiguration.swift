@@ -33,6 +33,9 @@
 ///     [heartbeat]
 ///     interval = 100ms
 ///     timeout = 500ms
+///
+///     [metrics]                        # optional: Prometheus scrape endpoint
+///     listen = 127.0.0.1:9464          # serves GET /metrics over HTTP
 public struct HostConfiguration: Sendable, Equatable {
     public enum Role: String, Sendable, CaseIterable {
         case primary, secondary
@@ -81,11 +84,18 @@ public struct HostConfiguration: Sendable, Equatable {
         public var timeout: Duration
     }
 
+    /// Where supervisord serves its metrics to Prometheus.
+    public struct Metrics: Sendable, Equatable {
+        public var listen: SocketAddress
+    }
+
     public var pair: Pair
     public var guest: Guest
     public var network: Network
     public var checkpoint: CheckpointPolicy
     public var heartbeat: Heartbeat
+    /// Absent: no metrics endpoint (`coloctl status` still shows the figures).
+    public var metrics: Metrics?
 
     /// The smallest guest RAM the project's VMs accept.
     public static let minimumMemory: UInt64 = 32 << 20
@@ -177,6 +187,15 @@ public struct HostConfiguration: Sendable, Equatable {
             throw heartbeatSection.error(at: "timeout",
                                          "must be at least 3 heartbeat intervals, or one lost packet declares the peer dead")
         }
+
+        if var metricsSection = readers["metrics"] {
+            metrics = Metrics(listen: try metricsSection.required(
+                "listen", "address:port of the Prometheus endpoint, e.g. 127.0.0.1:9464", ValueParser.socketAddress))
+            try metricsSection.rejectUnknown()
+            guard metrics?.listen != pair.listen else {
+                throw metricsSection.error(at: "listen", "the metrics endpoint cannot share [pair] listen's address")
+            }
+        }
     }
 
     /// Reads and validates the file at `path`.
@@ -184,7 +203,7 @@ public struct HostConfiguration: Sendable, Equatable {
         try self.init(file: ConfigurationFile(text: try readTextFile(path), path: path))
     }
 
-    static let sectionNames = ["pair", "guest", "network", "checkpoint", "heartbeat"]
+    static let sectionNames = ["pair", "guest", "network", "checkpoint", "heartbeat", "metrics"]
 }
 
 /// Takes the entries of one section, each at most once, and reports what is

@@ -1,43 +1,37 @@
 import ArgumentParser
 import ColoProtocol
-import ControlSocket
 import Glibc
-import SwiftProtobuf
 
-/// `coloctl status`: every local daemon's state, version and pid.
+/// `coloctl status`: the pair (role, peer, state, checkpoints, mismatches,
+/// lag) and every local daemon's state, version and pid.
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show the state, version and pid of supervisord and every daemon it manages.",
+        abstract: "Show the pair (role, peer, state, checkpoints, mismatches, lag) and every local daemon.",
         discussion: "Exits 0 when all answer, 3 when a daemon is down, 2 when supervisord cannot be reached.")
 
     @OptionGroup var connection: ConnectionOptions
 
     func run() throws {
-        let status: ColoHostStatus
-        do {
-            let client = try ControlClient(connectingTo: connection.socketPath)
-            defer { client.close() }
-            let response = try client.call(.hostStatus(ColoHostStatusRequest()),
-                                                  timeout: .milliseconds(Int64(connection.timeout * 1000)))
-            guard case .hostStatus(let reply) = response.message.body else {
-                throw ControlSocketError.malformedMessage("supervisord answered with another message")
+        try runReporting(json: connection.json) { () throws(CommandFailure) in
+            guard case .hostStatus(let status) = try callSupervisor(.hostStatus(ColoHostStatusRequest()), connection)
+            else {
+                throw CommandFailure(status: ColoctlExit.failed, code: "failed",
+                                     message: "supervisord answered a status request with another message")
             }
-            status = reply
-        } catch {
-            printError("coloctl: supervisord at \(connection.socketPath) did not answer: \(error)")
-            throw ColoctlExit.supervisorUnreachable
-        }
-        if connection.json {
-            var options = JSONEncodingOptions()
-            options.preserveProtoFieldNames = true
-            print(try status.jsonString(options: options))
-        } else {
-            print(Self.table(status))
-        }
-        let down = status.daemons.filter { $0.status.daemon.isEmpty }
-        if !down.isEmpty {
-            printError("coloctl: down: " + down.map(\.daemon).joined(separator: ", "))
-            throw ColoctlExit.daemonDown
+            if connection.json {
+                do { try printJSON(status) } catch {
+                    throw CommandFailure(status: ColoctlExit.failed, code: "failed", message: "\(error)")
+                }
+            } else {
+                if status.hasPair { print(PairText.describe(status.pair) + "\n") }
+                print(Self.table(status))
+            }
+            let down = status.daemons.filter { $0.status.daemon.isEmpty }
+            if !down.isEmpty {
+                throw CommandFailure(status: ColoctlExit.daemonDown, code: "daemon_down",
+                                     message: "down: " + down.map(\.daemon).joined(separator: ", "),
+                                     shownInOutput: true)
+            }
         }
     }
 

@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import PairActuation
 import PairConfiguration
+import PairMetrics
 import PairSupervision
 import PeerAuthentication
 import SystemPackage
@@ -14,6 +15,8 @@ final class HostPair: Sendable {
     let configuration: HostConfiguration
     let supervisor: PairSupervisor
     let replication: GuestReplication
+    /// What `coloctl status` and the Prometheus endpoint show of the pair.
+    let metrics = PairMetrics()
 
     struct StartError: Error, CustomStringConvertible {
         let description: String

@@ -43,7 +43,8 @@ struct SupervisorDaemon: ParsableCommand {
                 }
                 try pair!.start()
             }
-            return SupervisorService(environment: environment, pair: pair)
+            return try SupervisorService(environment: environment, pair: pair,
+                                         metricsListen: pair?.configuration.metrics?.listen)
         }
     }
 }

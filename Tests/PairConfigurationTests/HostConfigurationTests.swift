@@ -91,6 +91,27 @@ final class HostConfigurationTests: XCTestCase {
         }
     }
 
+    /// [metrics] is optional; when present its address is validated like
+    /// every other, and a typo is located and explained.
+    func testMetricsSectionIsOptionalAndValidated() throws {
+        XCTAssertNil(try parse(Self.valid).metrics)
+        let withMetrics = try parse(Self.valid + "\n[metrics]\nlisten = 127.0.0.1:9464\n")
+        XCTAssertEqual(withMetrics.metrics?.listen.description, "127.0.0.1:9464")
+        let cases: [(String, String)] = [
+            ("listen = 127.0.0.1", "[metrics] listen = 127.0.0.1: expected address:port of the Prometheus endpoint"),
+            ("listen = localhost:9464", "expected address:port"),
+            ("", "[metrics] lacks 'listen'"),
+            ("listen = 127.0.0.1:9464\nport = 9464", "unknown key 'port' in [metrics]"),
+            ("listen = 10.77.0.1:7600", "cannot share [pair] listen's address"),
+        ]
+        for (body, expected) in cases {
+            XCTAssertThrowsError(try parse(Self.valid + "\n[metrics]\n\(body)\n"), body) { error in
+                let message = (error as? ConfigurationError)?.description ?? "\(error)"
+                XCTAssertTrue(message.contains(expected), "\(body): got '\(message)'")
+            }
+        }
+    }
+
     func testValueParsers() {
         XCTAssertEqual(ValueParser.duration("1.5s"), .milliseconds(1500))
         XCTAssertEqual(ValueParser.duration("250us"), .microseconds(250))

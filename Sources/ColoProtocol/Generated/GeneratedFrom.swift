@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "4cf226a32f2625770fe21730f23f73f7d7d9096f76222743f4ab5b6012ea74f4"
+package let generatedFromProtoSourcesSHA256 = "6b90063941af2fce8f01af222d31c0440a1885f0d76dd25c1e4255b53f4447d8"

@@ -321,6 +321,46 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .hostStatus(newValue)}
   }
 
+  public var pairStatus: ColoPairStatusRequest {
+    get {
+      if case .pairStatus(let v)? = body {return v}
+      return ColoPairStatusRequest()
+    }
+    set {body = .pairStatus(newValue)}
+  }
+
+  public var pairCheckpoint: ColoPairCheckpointRequest {
+    get {
+      if case .pairCheckpoint(let v)? = body {return v}
+      return ColoPairCheckpointRequest()
+    }
+    set {body = .pairCheckpoint(newValue)}
+  }
+
+  public var pairFailover: ColoPairFailoverRequest {
+    get {
+      if case .pairFailover(let v)? = body {return v}
+      return ColoPairFailoverRequest()
+    }
+    set {body = .pairFailover(newValue)}
+  }
+
+  public var pairResync: ColoPairResyncRequest {
+    get {
+      if case .pairResync(let v)? = body {return v}
+      return ColoPairResyncRequest()
+    }
+    set {body = .pairResync(newValue)}
+  }
+
+  public var pairFailback: ColoPairFailbackRequest {
+    get {
+      if case .pairFailback(let v)? = body {return v}
+      return ColoPairFailbackRequest()
+    }
+    set {body = .pairFailback(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -358,6 +398,11 @@ public nonisolated struct ColoRequest: Sendable {
     case proxyCapture(ColoProxyCapture)
     case proxyReplaceGuest(ColoProxyReplaceGuest)
     case hostStatus(ColoHostStatusRequest)
+    case pairStatus(ColoPairStatusRequest)
+    case pairCheckpoint(ColoPairCheckpointRequest)
+    case pairFailover(ColoPairFailoverRequest)
+    case pairResync(ColoPairResyncRequest)
+    case pairFailback(ColoPairFailbackRequest)
 
   }
 
@@ -552,6 +597,30 @@ public nonisolated struct ColoResponse: Sendable {
     set {body = .hostStatus(newValue)}
   }
 
+  public var pairReport: ColoPairReport {
+    get {
+      if case .pairReport(let v)? = body {return v}
+      return ColoPairReport()
+    }
+    set {body = .pairReport(newValue)}
+  }
+
+  public var pairCheckpoint: ColoPairCheckpointReply {
+    get {
+      if case .pairCheckpoint(let v)? = body {return v}
+      return ColoPairCheckpointReply()
+    }
+    set {body = .pairCheckpoint(newValue)}
+  }
+
+  public var pairCommand: ColoPairCommandAccepted {
+    get {
+      if case .pairCommand(let v)? = body {return v}
+      return ColoPairCommandAccepted()
+    }
+    set {body = .pairCommand(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -577,6 +646,9 @@ public nonisolated struct ColoResponse: Sendable {
     case blockdStatus(ColoBlockdStatus)
     case proxyCounters(ColoProxyCounters)
     case hostStatus(ColoHostStatus)
+    case pairReport(ColoPairReport)
+    case pairCheckpoint(ColoPairCheckpointReply)
+    case pairCommand(ColoPairCommandAccepted)
 
   }
 
@@ -589,7 +661,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{3}checkpoint_receive\0\u{3}checkpoint_refuse\0\u{4}^\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{3}proxy_replace_guest\0\u{4}_\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{3}checkpoint_receive\0\u{3}checkpoint_refuse\0\u{4}^\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{3}proxy_replace_guest\0\u{4}_\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0\u{3}pair_status\0\u{3}pair_checkpoint\0\u{3}pair_failover\0\u{3}pair_resync\0\u{3}pair_failback\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1041,6 +1113,71 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.body = .hostStatus(v)
         }
       }()
+      case 501: try {
+        var v: ColoPairStatusRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairStatus(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairStatus(v)
+        }
+      }()
+      case 502: try {
+        var v: ColoPairCheckpointRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairCheckpoint(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairCheckpoint(v)
+        }
+      }()
+      case 503: try {
+        var v: ColoPairFailoverRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairFailover(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairFailover(v)
+        }
+      }()
+      case 504: try {
+        var v: ColoPairResyncRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairResync(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairResync(v)
+        }
+      }()
+      case 505: try {
+        var v: ColoPairFailbackRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairFailback(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairFailback(v)
+        }
+      }()
       default: break
       }
     }
@@ -1194,6 +1331,26 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
       guard case .hostStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 500)
     }()
+    case .pairStatus?: try {
+      guard case .pairStatus(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 501)
+    }()
+    case .pairCheckpoint?: try {
+      guard case .pairCheckpoint(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 502)
+    }()
+    case .pairFailover?: try {
+      guard case .pairFailover(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 503)
+    }()
+    case .pairResync?: try {
+      guard case .pairResync(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 504)
+    }()
+    case .pairFailback?: try {
+      guard case .pairFailback(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 505)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -1210,7 +1367,7 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
 
 nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Response"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}\u{9}vm_paused\0\u{3}vm_resumed\0\u{3}vm_dirty_log\0\u{3}vm_state_saved\0\u{3}vm_state_loaded\0\u{3}vm_guest_memory\0\u{4}U\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{3}checkpoint_received\0\u{3}checkpoint_refused\0\u{4}^\u{1}proxy_counters\0\u{4}d\u{1}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{1}error\0\u{2}\u{7}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_status\0\u{3}console_attached\0\u{4}\u{9}vm_paused\0\u{3}vm_resumed\0\u{3}vm_dirty_log\0\u{3}vm_state_saved\0\u{3}vm_state_loaded\0\u{3}vm_guest_memory\0\u{4}U\u{1}checkpoint_attached\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_taken\0\u{3}checkpoint_committed\0\u{3}checkpoint_status\0\u{3}checkpoint_received\0\u{3}checkpoint_refused\0\u{4}^\u{1}proxy_counters\0\u{4}d\u{1}blockd_disk\0\u{4}\u{6}blockd_status\0\u{4}^\u{1}host_status\0\u{3}pair_report\0\u{3}pair_checkpoint\0\u{3}pair_command\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1506,6 +1663,45 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.body = .hostStatus(v)
         }
       }()
+      case 501: try {
+        var v: ColoPairReport?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairReport(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairReport(v)
+        }
+      }()
+      case 502: try {
+        var v: ColoPairCheckpointReply?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairCheckpoint(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairCheckpoint(v)
+        }
+      }()
+      case 503: try {
+        var v: ColoPairCommandAccepted?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .pairCommand(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .pairCommand(v)
+        }
+      }()
       default: break
       }
     }
@@ -1610,6 +1806,18 @@ nonisolated extension ColoResponse: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .hostStatus?: try {
       guard case .hostStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 500)
+    }()
+    case .pairReport?: try {
+      guard case .pairReport(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 501)
+    }()
+    case .pairCheckpoint?: try {
+      guard case .pairCheckpoint(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 502)
+    }()
+    case .pairCommand?: try {
+      guard case .pairCommand(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 503)
     }()
     case nil: break
     }

@@ -71,71 +71,357 @@ public nonisolated struct ColoDaemonReport: Sendable {
   public init() {}
 }
 
-/// The pair as this host sees it.
-public nonisolated struct ColoPairReport: Sendable {
+/// The most recent checkpoint this host took part in.
+public nonisolated struct ColoCheckpointSummary: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var pair: String = String()
+  public var id: UInt64 = 0
 
-  public var hostRole: String = String()
+  /// What asked for it: periodic, mismatch, timeout, queue_full or operator.
+  public var trigger: String = String()
 
-  /// PairState's raw value.
-  public var state: String = String()
+  /// The primary's pause, VM stopped to VM running again.
+  public var pauseUs: UInt64 = 0
 
-  public var epoch: UInt64 = 0
-
-  /// The peer's last heartbeat: its state, and how long ago it came.
-  public var peerState: String = String()
-
-  public var peerHeardMsAgo: UInt64 = 0
-
-  public var peerConnected: Bool = false
-
-  /// Why the host is fenced or claiming, when it is.
-  public var detail: String = String()
+  public var msAgo: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-/// Answer to `HostStatusRequest`: supervisord itself and each daemon it manages.
-public nonisolated struct ColoHostStatus: @unchecked Sendable {
+/// Checkpoint pauses over the recent window (the last 256 checkpoints).
+public nonisolated struct ColoPauseSummary: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var supervisor: ColoDaemonStatus {
-    get {_storage._supervisor ?? ColoDaemonStatus()}
-    set {_uniqueStorage()._supervisor = newValue}
-  }
-  /// Returns true if `supervisor` has been explicitly set.
-  public var hasSupervisor: Bool {_storage._supervisor != nil}
-  /// Clears the value of `supervisor`. Subsequent reads from it will return its default value.
-  public mutating func clearSupervisor() {_uniqueStorage()._supervisor = nil}
+  public var p50Us: UInt64 = 0
 
-  public var daemons: [ColoDaemonReport] {
-    get {_storage._daemons}
-    set {_uniqueStorage()._daemons = newValue}
-  }
+  public var p99Us: UInt64 = 0
 
-  /// Absent when supervisord runs without a pair configuration.
-  public var pair: ColoPairReport {
-    get {_storage._pair ?? ColoPairReport()}
+  public var maxUs: UInt64 = 0
+
+  /// How many pauses the percentiles were taken over.
+  public var samples: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// How far the secondary trails the primary.
+public nonisolated struct ColoReplicationLag: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// Guest RAM dirtied since the last checkpoint that the secondary has not
+  /// received yet (0 when unknown).
+  public var bytes: UInt64 = 0
+
+  /// Time since the last completed checkpoint.
+  public var msSinceCheckpoint: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A long operation under way: the initial migration or a resync.
+public nonisolated struct ColoLongOperation: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// "migration" or "resync".
+  public var kind: String = String()
+
+  public var doneBytes: UInt64 = 0
+
+  /// 0 while the total is not known yet.
+  public var totalBytes: UInt64 = 0
+
+  /// Over the last few seconds.
+  public var bytesPerSecond: UInt64 = 0
+
+  public var elapsedMs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The pair as this host sees it.
+public nonisolated struct ColoPairReport: @unchecked Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var pair: String {
+    get {_storage._pair}
     set {_uniqueStorage()._pair = newValue}
   }
-  /// Returns true if `pair` has been explicitly set.
-  public var hasPair: Bool {_storage._pair != nil}
-  /// Clears the value of `pair`. Subsequent reads from it will return its default value.
-  public mutating func clearPair() {_uniqueStorage()._pair = nil}
+
+  public var hostRole: String {
+    get {_storage._hostRole}
+    set {_uniqueStorage()._hostRole = newValue}
+  }
+
+  /// PairState's raw value.
+  public var state: String {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
+
+  public var epoch: UInt64 {
+    get {_storage._epoch}
+    set {_uniqueStorage()._epoch = newValue}
+  }
+
+  /// The peer's last heartbeat: its state, and how long ago it came.
+  public var peerState: String {
+    get {_storage._peerState}
+    set {_uniqueStorage()._peerState = newValue}
+  }
+
+  public var peerHeardMsAgo: UInt64 {
+    get {_storage._peerHeardMsAgo}
+    set {_uniqueStorage()._peerHeardMsAgo = newValue}
+  }
+
+  public var peerConnected: Bool {
+    get {_storage._peerConnected}
+    set {_uniqueStorage()._peerConnected = newValue}
+  }
+
+  /// Why the host is fenced or claiming, when it is.
+  public var detail: String {
+    get {_storage._detail}
+    set {_uniqueStorage()._detail = newValue}
+  }
+
+  /// The peer's address as configured (or as given to the last resync).
+  public var peer: String {
+    get {_storage._peer}
+    set {_uniqueStorage()._peer = newValue}
+  }
+
+  /// Absent before the first checkpoint.
+  public var lastCheckpoint: ColoCheckpointSummary {
+    get {_storage._lastCheckpoint ?? ColoCheckpointSummary()}
+    set {_uniqueStorage()._lastCheckpoint = newValue}
+  }
+  /// Returns true if `lastCheckpoint` has been explicitly set.
+  public var hasLastCheckpoint: Bool {_storage._lastCheckpoint != nil}
+  /// Clears the value of `lastCheckpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearLastCheckpoint() {_uniqueStorage()._lastCheckpoint = nil}
+
+  public var pause: ColoPauseSummary {
+    get {_storage._pause ?? ColoPauseSummary()}
+    set {_uniqueStorage()._pause = newValue}
+  }
+  /// Returns true if `pause` has been explicitly set.
+  public var hasPause: Bool {_storage._pause != nil}
+  /// Clears the value of `pause`. Subsequent reads from it will return its default value.
+  public mutating func clearPause() {_uniqueStorage()._pause = nil}
+
+  /// Checkpoints completed over the last 60 seconds.
+  public var checkpointsPerMinute: Double {
+    get {_storage._checkpointsPerMinute}
+    set {_uniqueStorage()._checkpointsPerMinute = newValue}
+  }
+
+  /// Checkpoints since supervisord started, by trigger.
+  public var checkpointsByTrigger: Dictionary<String,UInt64> {
+    get {_storage._checkpointsByTrigger}
+    set {_uniqueStorage()._checkpointsByTrigger = newValue}
+  }
+
+  /// proxyd's comparison mismatches since start, by reason (payload, size,
+  /// timeout, ...) and by protocol (tcp, udp, icmp, other).
+  public var mismatchesByReason: Dictionary<String,UInt64> {
+    get {_storage._mismatchesByReason}
+    set {_uniqueStorage()._mismatchesByReason = newValue}
+  }
+
+  public var mismatchesByProtocol: Dictionary<String,UInt64> {
+    get {_storage._mismatchesByProtocol}
+    set {_uniqueStorage()._mismatchesByProtocol = newValue}
+  }
+
+  public var replicationLag: ColoReplicationLag {
+    get {_storage._replicationLag ?? ColoReplicationLag()}
+    set {_uniqueStorage()._replicationLag = newValue}
+  }
+  /// Returns true if `replicationLag` has been explicitly set.
+  public var hasReplicationLag: Bool {_storage._replicationLag != nil}
+  /// Clears the value of `replicationLag`. Subsequent reads from it will return its default value.
+  public mutating func clearReplicationLag() {_uniqueStorage()._replicationLag = nil}
+
+  /// Failovers this host has performed (took over or continued alone).
+  public var failovers: UInt64 {
+    get {_storage._failovers}
+    set {_uniqueStorage()._failovers = newValue}
+  }
+
+  /// Absent when none is under way.
+  public var operation: ColoLongOperation {
+    get {_storage._operation ?? ColoLongOperation()}
+    set {_uniqueStorage()._operation = newValue}
+  }
+  /// Returns true if `operation` has been explicitly set.
+  public var hasOperation: Bool {_storage._operation != nil}
+  /// Clears the value of `operation`. Subsequent reads from it will return its default value.
+  public mutating func clearOperation() {_uniqueStorage()._operation = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
   fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// Answer to `HostStatusRequest`: supervisord itself and each daemon it manages.
+public nonisolated struct ColoHostStatus: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var supervisor: ColoDaemonStatus {
+    get {_supervisor ?? ColoDaemonStatus()}
+    set {_supervisor = newValue}
+  }
+  /// Returns true if `supervisor` has been explicitly set.
+  public var hasSupervisor: Bool {self._supervisor != nil}
+  /// Clears the value of `supervisor`. Subsequent reads from it will return its default value.
+  public mutating func clearSupervisor() {self._supervisor = nil}
+
+  public var daemons: [ColoDaemonReport] = []
+
+  /// Absent when supervisord runs without a pair configuration.
+  public var pair: ColoPairReport {
+    get {_pair ?? ColoPairReport()}
+    set {_pair = newValue}
+  }
+  /// Returns true if `pair` has been explicitly set.
+  public var hasPair: Bool {self._pair != nil}
+  /// Clears the value of `pair`. Subsequent reads from it will return its default value.
+  public mutating func clearPair() {self._pair = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _supervisor: ColoDaemonStatus? = nil
+  fileprivate var _pair: ColoPairReport? = nil
+}
+
+/// Asks for the pair's report alone (cheap: no daemon is asked); answered
+/// with `PairReport`. What coloctl polls to draw progress.
+public nonisolated struct ColoPairStatusRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Asks for a checkpoint now (trigger "operator"); answered once it is done.
+public nonisolated struct ColoPairCheckpointRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct ColoPairCheckpointReply: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var checkpoint: ColoCheckpointSummary {
+    get {_checkpoint ?? ColoCheckpointSummary()}
+    set {_checkpoint = newValue}
+  }
+  /// Returns true if `checkpoint` has been explicitly set.
+  public var hasCheckpoint: Bool {self._checkpoint != nil}
+  /// Clears the value of `checkpoint`. Subsequent reads from it will return its default value.
+  public mutating func clearCheckpoint() {self._checkpoint = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _checkpoint: ColoCheckpointSummary? = nil
+}
+
+/// Makes this host (the secondary, or the primary of a pair in lock-step)
+/// claim the pair and run alone.
+public nonisolated struct ColoPairFailoverRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Brings a new partner up to date while running alone; `peer`
+/// ("address:port") replaces the configured peer address when set.
+public nonisolated struct ColoPairResyncRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var peer: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Swaps the roles of a pair in lock-step.
+public nonisolated struct ColoPairFailbackRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A failover, resync or failback was accepted: the pair as it is right
+/// after. Resync continues in the background; its progress is in
+/// `PairReport.operation`.
+public nonisolated struct ColoPairCommandAccepted: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var pair: ColoPairReport {
+    get {_pair ?? ColoPairReport()}
+    set {_pair = newValue}
+  }
+  /// Returns true if `pair` has been explicitly set.
+  public var hasPair: Bool {self._pair != nil}
+  /// Clears the value of `pair`. Subsequent reads from it will return its default value.
+  public mutating func clearPair() {self._pair = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _pair: ColoPairReport? = nil
 }
 
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
@@ -233,9 +519,9 @@ nonisolated extension ColoDaemonReport: SwiftProtobuf.Message, SwiftProtobuf._Me
   }
 }
 
-nonisolated extension ColoPairReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".PairReport"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pair\0\u{3}host_role\0\u{1}state\0\u{1}epoch\0\u{3}peer_state\0\u{3}peer_heard_ms_ago\0\u{3}peer_connected\0\u{1}detail\0")
+nonisolated extension ColoCheckpointSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".CheckpointSummary"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}trigger\0\u{3}pause_us\0\u{3}ms_ago\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -243,69 +529,194 @@ nonisolated extension ColoPairReport: SwiftProtobuf.Message, SwiftProtobuf._Mess
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.pair) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.hostRole) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.state) }()
-      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.peerState) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.peerHeardMsAgo) }()
-      case 7: try { try decoder.decodeSingularBoolField(value: &self.peerConnected) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.detail) }()
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.trigger) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.pauseUs) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.msAgo) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.pair.isEmpty {
-      try visitor.visitSingularStringField(value: self.pair, fieldNumber: 1)
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
     }
-    if !self.hostRole.isEmpty {
-      try visitor.visitSingularStringField(value: self.hostRole, fieldNumber: 2)
+    if !self.trigger.isEmpty {
+      try visitor.visitSingularStringField(value: self.trigger, fieldNumber: 2)
     }
-    if !self.state.isEmpty {
-      try visitor.visitSingularStringField(value: self.state, fieldNumber: 3)
+    if self.pauseUs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.pauseUs, fieldNumber: 3)
     }
-    if self.epoch != 0 {
-      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 4)
-    }
-    if !self.peerState.isEmpty {
-      try visitor.visitSingularStringField(value: self.peerState, fieldNumber: 5)
-    }
-    if self.peerHeardMsAgo != 0 {
-      try visitor.visitSingularUInt64Field(value: self.peerHeardMsAgo, fieldNumber: 6)
-    }
-    if self.peerConnected != false {
-      try visitor.visitSingularBoolField(value: self.peerConnected, fieldNumber: 7)
-    }
-    if !self.detail.isEmpty {
-      try visitor.visitSingularStringField(value: self.detail, fieldNumber: 8)
+    if self.msAgo != 0 {
+      try visitor.visitSingularUInt64Field(value: self.msAgo, fieldNumber: 4)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: ColoPairReport, rhs: ColoPairReport) -> Bool {
-    if lhs.pair != rhs.pair {return false}
-    if lhs.hostRole != rhs.hostRole {return false}
-    if lhs.state != rhs.state {return false}
-    if lhs.epoch != rhs.epoch {return false}
-    if lhs.peerState != rhs.peerState {return false}
-    if lhs.peerHeardMsAgo != rhs.peerHeardMsAgo {return false}
-    if lhs.peerConnected != rhs.peerConnected {return false}
-    if lhs.detail != rhs.detail {return false}
+  public static func ==(lhs: ColoCheckpointSummary, rhs: ColoCheckpointSummary) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.trigger != rhs.trigger {return false}
+    if lhs.pauseUs != rhs.pauseUs {return false}
+    if lhs.msAgo != rhs.msAgo {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
-nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".HostStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}supervisor\0\u{1}daemons\0\u{1}pair\0")
+nonisolated extension ColoPauseSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PauseSummary"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}p50_us\0\u{3}p99_us\0\u{3}max_us\0\u{1}samples\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.p50Us) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.p99Us) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.maxUs) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.samples) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.p50Us != 0 {
+      try visitor.visitSingularUInt64Field(value: self.p50Us, fieldNumber: 1)
+    }
+    if self.p99Us != 0 {
+      try visitor.visitSingularUInt64Field(value: self.p99Us, fieldNumber: 2)
+    }
+    if self.maxUs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.maxUs, fieldNumber: 3)
+    }
+    if self.samples != 0 {
+      try visitor.visitSingularUInt32Field(value: self.samples, fieldNumber: 4)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPauseSummary, rhs: ColoPauseSummary) -> Bool {
+    if lhs.p50Us != rhs.p50Us {return false}
+    if lhs.p99Us != rhs.p99Us {return false}
+    if lhs.maxUs != rhs.maxUs {return false}
+    if lhs.samples != rhs.samples {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoReplicationLag: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ReplicationLag"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}bytes\0\u{3}ms_since_checkpoint\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.msSinceCheckpoint) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 1)
+    }
+    if self.msSinceCheckpoint != 0 {
+      try visitor.visitSingularUInt64Field(value: self.msSinceCheckpoint, fieldNumber: 2)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoReplicationLag, rhs: ColoReplicationLag) -> Bool {
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.msSinceCheckpoint != rhs.msSinceCheckpoint {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoLongOperation: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".LongOperation"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}done_bytes\0\u{3}total_bytes\0\u{3}bytes_per_second\0\u{3}elapsed_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.doneBytes) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.totalBytes) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.bytesPerSecond) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.elapsedMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.kind.isEmpty {
+      try visitor.visitSingularStringField(value: self.kind, fieldNumber: 1)
+    }
+    if self.doneBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.doneBytes, fieldNumber: 2)
+    }
+    if self.totalBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.totalBytes, fieldNumber: 3)
+    }
+    if self.bytesPerSecond != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesPerSecond, fieldNumber: 4)
+    }
+    if self.elapsedMs != 0 {
+      try visitor.visitSingularUInt64Field(value: self.elapsedMs, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoLongOperation, rhs: ColoLongOperation) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.doneBytes != rhs.doneBytes {return false}
+    if lhs.totalBytes != rhs.totalBytes {return false}
+    if lhs.bytesPerSecond != rhs.bytesPerSecond {return false}
+    if lhs.elapsedMs != rhs.elapsedMs {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairReport: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairReport"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pair\0\u{3}host_role\0\u{1}state\0\u{1}epoch\0\u{3}peer_state\0\u{3}peer_heard_ms_ago\0\u{3}peer_connected\0\u{1}detail\0\u{1}peer\0\u{3}last_checkpoint\0\u{1}pause\0\u{3}checkpoints_per_minute\0\u{3}checkpoints_by_trigger\0\u{3}mismatches_by_reason\0\u{3}mismatches_by_protocol\0\u{3}replication_lag\0\u{1}failovers\0\u{1}operation\0")
 
   fileprivate class _StorageClass {
-    var _supervisor: ColoDaemonStatus? = nil
-    var _daemons: [ColoDaemonReport] = []
-    var _pair: ColoPairReport? = nil
+    var _pair: String = String()
+    var _hostRole: String = String()
+    var _state: String = String()
+    var _epoch: UInt64 = 0
+    var _peerState: String = String()
+    var _peerHeardMsAgo: UInt64 = 0
+    var _peerConnected: Bool = false
+    var _detail: String = String()
+    var _peer: String = String()
+    var _lastCheckpoint: ColoCheckpointSummary? = nil
+    var _pause: ColoPauseSummary? = nil
+    var _checkpointsPerMinute: Double = 0
+    var _checkpointsByTrigger: Dictionary<String,UInt64> = [:]
+    var _mismatchesByReason: Dictionary<String,UInt64> = [:]
+    var _mismatchesByProtocol: Dictionary<String,UInt64> = [:]
+    var _replicationLag: ColoReplicationLag? = nil
+    var _failovers: UInt64 = 0
+    var _operation: ColoLongOperation? = nil
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -316,9 +727,24 @@ nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._Mess
     private init() {}
 
     init(copying source: _StorageClass) {
-      _supervisor = source._supervisor
-      _daemons = source._daemons
       _pair = source._pair
+      _hostRole = source._hostRole
+      _state = source._state
+      _epoch = source._epoch
+      _peerState = source._peerState
+      _peerHeardMsAgo = source._peerHeardMsAgo
+      _peerConnected = source._peerConnected
+      _detail = source._detail
+      _peer = source._peer
+      _lastCheckpoint = source._lastCheckpoint
+      _pause = source._pause
+      _checkpointsPerMinute = source._checkpointsPerMinute
+      _checkpointsByTrigger = source._checkpointsByTrigger
+      _mismatchesByReason = source._mismatchesByReason
+      _mismatchesByProtocol = source._mismatchesByProtocol
+      _replicationLag = source._replicationLag
+      _failovers = source._failovers
+      _operation = source._operation
     }
   }
 
@@ -337,9 +763,24 @@ nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._Mess
         // allocates stack space for every case branch when no optimizations are
         // enabled. https://github.com/apple/swift-protobuf/issues/1034
         switch fieldNumber {
-        case 1: try { try decoder.decodeSingularMessageField(value: &_storage._supervisor) }()
-        case 2: try { try decoder.decodeRepeatedMessageField(value: &_storage._daemons) }()
-        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._pair) }()
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._pair) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._hostRole) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._state) }()
+        case 4: try { try decoder.decodeSingularUInt64Field(value: &_storage._epoch) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._peerState) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._peerHeardMsAgo) }()
+        case 7: try { try decoder.decodeSingularBoolField(value: &_storage._peerConnected) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._detail) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._peer) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._lastCheckpoint) }()
+        case 11: try { try decoder.decodeSingularMessageField(value: &_storage._pause) }()
+        case 12: try { try decoder.decodeSingularDoubleField(value: &_storage._checkpointsPerMinute) }()
+        case 13: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._checkpointsByTrigger) }()
+        case 14: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._mismatchesByReason) }()
+        case 15: try { try decoder.decodeMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: &_storage._mismatchesByProtocol) }()
+        case 16: try { try decoder.decodeSingularMessageField(value: &_storage._replicationLag) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._failovers) }()
+        case 18: try { try decoder.decodeSingularMessageField(value: &_storage._operation) }()
         default: break
         }
       }
@@ -352,31 +793,309 @@ nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._Mess
       // allocates stack space for every if/case branch local when no optimizations
       // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
       // https://github.com/apple/swift-protobuf/issues/1182
-      try { if let v = _storage._supervisor {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
-      } }()
-      if !_storage._daemons.isEmpty {
-        try visitor.visitRepeatedMessageField(value: _storage._daemons, fieldNumber: 2)
+      if !_storage._pair.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._pair, fieldNumber: 1)
       }
-      try { if let v = _storage._pair {
-        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      if !_storage._hostRole.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._hostRole, fieldNumber: 2)
+      }
+      if !_storage._state.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._state, fieldNumber: 3)
+      }
+      if _storage._epoch != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._epoch, fieldNumber: 4)
+      }
+      if !_storage._peerState.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._peerState, fieldNumber: 5)
+      }
+      if _storage._peerHeardMsAgo != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._peerHeardMsAgo, fieldNumber: 6)
+      }
+      if _storage._peerConnected != false {
+        try visitor.visitSingularBoolField(value: _storage._peerConnected, fieldNumber: 7)
+      }
+      if !_storage._detail.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._detail, fieldNumber: 8)
+      }
+      if !_storage._peer.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._peer, fieldNumber: 9)
+      }
+      try { if let v = _storage._lastCheckpoint {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
+      try { if let v = _storage._pause {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 11)
+      } }()
+      if _storage._checkpointsPerMinute.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._checkpointsPerMinute, fieldNumber: 12)
+      }
+      if !_storage._checkpointsByTrigger.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._checkpointsByTrigger, fieldNumber: 13)
+      }
+      if !_storage._mismatchesByReason.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._mismatchesByReason, fieldNumber: 14)
+      }
+      if !_storage._mismatchesByProtocol.isEmpty {
+        try visitor.visitMapField(fieldType: SwiftProtobuf._ProtobufMap<SwiftProtobuf.ProtobufString,SwiftProtobuf.ProtobufUInt64>.self, value: _storage._mismatchesByProtocol, fieldNumber: 15)
+      }
+      try { if let v = _storage._replicationLag {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      } }()
+      if _storage._failovers != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._failovers, fieldNumber: 17)
+      }
+      try { if let v = _storage._operation {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 18)
       } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: ColoHostStatus, rhs: ColoHostStatus) -> Bool {
+  public static func ==(lhs: ColoPairReport, rhs: ColoPairReport) -> Bool {
     if lhs._storage !== rhs._storage {
       let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
         let _storage = _args.0
         let rhs_storage = _args.1
-        if _storage._supervisor != rhs_storage._supervisor {return false}
-        if _storage._daemons != rhs_storage._daemons {return false}
         if _storage._pair != rhs_storage._pair {return false}
+        if _storage._hostRole != rhs_storage._hostRole {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._epoch != rhs_storage._epoch {return false}
+        if _storage._peerState != rhs_storage._peerState {return false}
+        if _storage._peerHeardMsAgo != rhs_storage._peerHeardMsAgo {return false}
+        if _storage._peerConnected != rhs_storage._peerConnected {return false}
+        if _storage._detail != rhs_storage._detail {return false}
+        if _storage._peer != rhs_storage._peer {return false}
+        if _storage._lastCheckpoint != rhs_storage._lastCheckpoint {return false}
+        if _storage._pause != rhs_storage._pause {return false}
+        if _storage._checkpointsPerMinute != rhs_storage._checkpointsPerMinute {return false}
+        if _storage._checkpointsByTrigger != rhs_storage._checkpointsByTrigger {return false}
+        if _storage._mismatchesByReason != rhs_storage._mismatchesByReason {return false}
+        if _storage._mismatchesByProtocol != rhs_storage._mismatchesByProtocol {return false}
+        if _storage._replicationLag != rhs_storage._replicationLag {return false}
+        if _storage._failovers != rhs_storage._failovers {return false}
+        if _storage._operation != rhs_storage._operation {return false}
         return true
       }
       if !storagesAreEqual {return false}
     }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoHostStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".HostStatus"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}supervisor\0\u{1}daemons\0\u{1}pair\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._supervisor) }()
+      case 2: try { try decoder.decodeRepeatedMessageField(value: &self.daemons) }()
+      case 3: try { try decoder.decodeSingularMessageField(value: &self._pair) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._supervisor {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.daemons.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.daemons, fieldNumber: 2)
+    }
+    try { if let v = self._pair {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoHostStatus, rhs: ColoHostStatus) -> Bool {
+    if lhs._supervisor != rhs._supervisor {return false}
+    if lhs.daemons != rhs.daemons {return false}
+    if lhs._pair != rhs._pair {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairStatusRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairStatusRequest, rhs: ColoPairStatusRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairCheckpointRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairCheckpointRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairCheckpointRequest, rhs: ColoPairCheckpointRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairCheckpointReply: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairCheckpointReply"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}checkpoint\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._checkpoint) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._checkpoint {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairCheckpointReply, rhs: ColoPairCheckpointReply) -> Bool {
+    if lhs._checkpoint != rhs._checkpoint {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairFailoverRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairFailoverRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairFailoverRequest, rhs: ColoPairFailoverRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairResyncRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairResyncRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}peer\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.peer) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.peer.isEmpty {
+      try visitor.visitSingularStringField(value: self.peer, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairResyncRequest, rhs: ColoPairResyncRequest) -> Bool {
+    if lhs.peer != rhs.peer {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairFailbackRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairFailbackRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairFailbackRequest, rhs: ColoPairFailbackRequest) -> Bool {
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoPairCommandAccepted: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PairCommandAccepted"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}pair\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._pair) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._pair {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoPairCommandAccepted, rhs: ColoPairCommandAccepted) -> Bool {
+    if lhs._pair != rhs._pair {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
