@@ -74,7 +74,6 @@ def test_unreachable_supervisord_is_exit_2(host, command):
     (["checkpoint", "--timeout", "0"], "--timeout"),
     (["failover", "--bogus"], "--bogus"),
     (["failback", "extra"], "extra"),
-    (["frobnicate"], "frobnicate"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else v)
 def test_bad_usage_is_exit_64(host, args, complaint):
     r = host.coloctl(*args)
