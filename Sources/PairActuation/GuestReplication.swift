@@ -36,6 +36,9 @@ public final class GuestReplication: PairActuator {
         var failedCheckpoints = 0
         var lastError = ""
         var progress: MigrationProgress?
+        /// A sync is waiting for the primary's data channels: only then
+        /// are inbound data connections taken.
+        var expectingChannels = false
         /// Running without a partner, serving the clients.
         var runningAlone = false
         /// Where a dead local daemon is reported (the supervisor resigns).
@@ -141,7 +144,14 @@ public final class GuestReplication: PairActuator {
 
     public func inbound(channel: String, fd: Int32) {
         guard DataChannels.names(pageChannels: configuration.checkpoint.ramChannels).contains(channel) else {
-            logger.warning("connection for unknown channel \(channel) refused", metadata: event("inbound_refused"))
+            logger.warning("connection for unknown channel \(channel) refused", metadata: event("inbound_refused")
+                .merging(["channel": "\(channel)"]) { $1 })
+            close(fd)
+            return
+        }
+        guard shared.withLock({ $0.expectingChannels }) else {
+            logger.warning("unexpected \(channel) connection refused: no sync is waiting for it",
+                           metadata: event("inbound_refused").merging(["channel": "\(channel)"]) { $1 })
             close(fd)
             return
         }

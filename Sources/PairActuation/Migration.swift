@@ -52,10 +52,15 @@ extension GuestReplication {
             throw error
         }
         mailbox.clearStale()
+        shared.withLock { $0.expectingChannels = true }
         answer(request.sequence, error: "", duration: ContinuousClock.now - started)
 
-        let channels = try DataChannels.take(from: mailbox, pageChannels: configuration.checkpoint.ramChannels,
-                                             timeout: .seconds(20))
+        let taken = Result { () throws(ActuationError) -> DataChannels in
+            try DataChannels.take(from: mailbox, pageChannels: configuration.checkpoint.ramChannels, timeout: .seconds(20))
+        }
+        shared.withLock { $0.expectingChannels = false }
+        mailbox.clearStale()
+        let channels = try taken.get()
         shared.withLock { $0.framesLink = channels.frames }
         try guest.attachDiskLink(channels.disk, resync: false)
         try attachCheckpointd(primary: false, channels: channels)

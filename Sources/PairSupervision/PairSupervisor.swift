@@ -186,20 +186,28 @@ public final class PairSupervisor: Sendable {
             actuator.startLockstep(as: role)
         case .stopReplication:
             actuator.stopReplication()
-            dropSession()
+            // A host that claims the pair keeps the link until the witness
+            // has answered: closing it first would tell a live peer to claim
+            // too, and the witness might grant the pair to the wrong host.
+            if state != .claiming { dropSession() }
         case .claimFromWitness(let epoch, let reason):
             logger.warning("claiming the pair", metadata: metadata(event: "pair_claim")
                 .merging(["claimed_epoch": "\(epoch)", "reason": "\(reason.rawValue)"]) { $1 })
             spawnThread(name: "pair-claim") { [self] in claim(epoch: epoch) }
         case .takeOver:
             logger.notice("taking over as primary", metadata: metadata(event: "failover"))
+            // A peer still connected (an operator's failover) sees the link
+            // close, claims, is refused by the witness and fences itself.
+            dropSession()
             actuator.takeOver()
         case .continueAlone:
             logger.notice("continuing alone", metadata: metadata(event: "secondary_lost"))
+            dropSession()
             actuator.continueAlone()
         case .fence(let reason):
             shared.withLock { $0.detail = reason }
             logger.critical("fenced: \(reason)", metadata: metadata(event: "fenced"))
+            dropSession()
             actuator.fence(reason: reason)
         case .swapRoles:
             logger.notice("roles swapped", metadata: metadata(event: "failback"))
@@ -364,11 +372,16 @@ public final class PairSupervisor: Sendable {
         }
         if channel == PeerSession.channel {
             let queued = shared.withLock { shared -> Bool in
-                guard shared.running else { return false }
+                // The primary dials; it takes no supervisor link from anyone.
+                guard shared.running, shared.machine.role == .secondary else { return false }
                 shared.inboundSupervisor.append(fd)
                 return true
             }
-            if !queued { close(fd) }
+            if !queued {
+                logger.warning("supervisor connection refused: this host dials its peer",
+                               metadata: ["event": "inbound_refused", "channel": "\(channel)"])
+                close(fd)
+            }
         } else {
             logger.debug("inbound \(channel) connection", metadata: ["event": "inbound_channel", "channel": "\(channel)"])
             actuator.inbound(channel: channel, fd: fd)

@@ -158,3 +158,47 @@ def test_cut_link_with_witness_on_one_side_yields_one_primary(pair):
     a, b = pair.report("a"), pair.report("b")
     assert a.get("state") == "alone" and a["host_role"] == "primary", a
     assert b.get("state") == "fenced" and b["host_role"] == "secondary", b
+
+
+def test_bad_input_on_the_pair_port_is_refused_and_the_pair_runs_on(pair):
+    """From the replication network (namespace colo-b), connections to host
+    a's pair port with garbage, an oversized route frame, a data channel no
+    sync waits for, a supervisor link to the dialling host and a hello with
+    the wrong key: each is refused with a logged reason; the pair stays in
+    lock-step and the guest keeps answering."""
+    script = r"""
+import socket, struct, time
+def conn():
+    s = socket.create_connection(("192.168.77.1", 7400), timeout=5)
+    return s
+def route(name):
+    body = b"COLOROUTE1 " + name.encode()
+    return struct.pack(">I", len(body)) + body
+cases = [
+    b"GET / HTTP/1.0\r\n\r\n",
+    struct.pack(">I", 1 << 30) + b"x" * 64,
+    route("checkpoint-ram-0") + b"COLOPEER" + bytes(100),
+    route("supervisor") + b"COLOPEER" + bytes(100),
+    route("no-such-channel"),
+]
+for payload in cases:
+    s = conn()
+    s.sendall(payload)
+    s.settimeout(5)
+    try:
+        while s.recv(4096):
+            pass
+    except OSError:
+        pass
+    s.close()
+print("sent", len(cases))
+"""
+    result = subprocess.run(["ip", "netns", "exec", "colo-b", sys.executable, "-c", script],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pair.wait_for(lambda: (pair.dir / "host-a" / "daemons.log").read_text(errors="replace").count("event=inbound_refused") >= 5,
+                  10, "five refusals in host a's log")
+    assert pair.report("a").get("state") == "lockstep", pair.report("a")
+    assert pair.report("b").get("state") == "lockstep", pair.report("b")
+    summary = run_client_through(pair, lambda: None, seconds=3, at=0)
+    assert summary["requests"] > 5
