@@ -91,7 +91,7 @@ let package = Package(
         // supervisord's hands: the local daemons driven through a sync,
         // checkpoints and failover (the PairActuator it runs).
         .target(name: "PairActuation", dependencies: [
-            "ColoProtocol", "ControlSocket", "PairConfiguration", "PairStateMachine", "PairSupervision",
+            "ColoProtocol", "ControlSocket", "PairConfiguration", "PairMetrics", "PairStateMachine", "PairSupervision",
             "PeerLink", "SharedMemory",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),

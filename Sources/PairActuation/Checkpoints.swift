@@ -1,5 +1,6 @@
 import ColoProtocol
 import Glibc
+import PairMetrics
 import PairSupervision
 import SystemPackage
 
@@ -8,10 +9,10 @@ extension GuestReplication {
     /// pause, drain the disk's replicated writes, send the dirty pages and
     /// the device state, release the held packets once the secondary has
     /// committed, resume when it has loaded. The first one after a sync is
-    /// the migration's stop-and-copy and attaches proxyd.
-    func checkpoint(trigger: CheckpointTrigger) throws(ActuationError) {
+    /// the migration's stop-and-copy (`stopAndCopy`) and attaches proxyd.
+    func checkpoint(trigger: CheckpointTrigger, stopAndCopy: Bool = false) throws(ActuationError) {
         try checkpointLock.withLock { _ throws(ActuationError) in
-            guard trigger == .migration || shared.withLock({ $0.lockstep }) else {
+            guard stopAndCopy || shared.withLock({ $0.lockstep }) else {
                 throw .state("the pair is not in lock-step")
             }
             var request = PeerStepRequest()
@@ -34,14 +35,14 @@ extension GuestReplication {
             let (body, _) = try daemons.call(.checkpointd, .checkpointTake(take), fds: [bitmap, state],
                                              timeout: .seconds(60))
             guard case .checkpointTaken(let taken)? = body else { throw .daemon(.checkpointd, "no report") }
-            if trigger != .migration {
+            if !stopAndCopy {
                 try daemons.call(.proxyd, .proxyCheckpointDone(ColoProxyCheckpointDone()))
             }
             let answer = try waitForAnswer(request.sequence)
             guard answer.error.isEmpty else {
                 throw .peer("the secondary could not load checkpoint \(taken.sequence): \(answer.error)")
             }
-            if trigger == .migration {
+            if stopAndCopy {
                 try attachProxy(role: .primary)
             }
             try guest.resume()
@@ -53,8 +54,12 @@ extension GuestReplication {
                 $0.history.append(record)
                 if $0.history.count > 4096 { $0.history.removeFirst($0.history.count - 4096) }
             }
-            logger.info("checkpoint \(taken.sequence) (\(trigger.rawValue)): paused \(pause)", metadata: event("checkpoint")
-                .merging(["checkpoint": "\(taken.sequence)", "trigger": "\(trigger.rawValue)",
+            if !stopAndCopy {
+                metrics.recordCheckpoint(id: taken.sequence, trigger: trigger, pause: pause)
+            }
+            let kind = stopAndCopy ? "stop-and-copy" : trigger.rawValue
+            logger.info("checkpoint \(taken.sequence) (\(kind)): paused \(pause)", metadata: event("checkpoint")
+                .merging(["checkpoint": "\(taken.sequence)", "trigger": "\(kind)",
                           "pause_us": "\(pause.microseconds)", "pages": "\(taken.pagesSent)"]) { $1 })
         }
     }
@@ -146,6 +151,7 @@ extension GuestReplication {
     func scheduleCheckpoints() {
         var last = ContinuousClock.now
         var lastBackground = ContinuousClock.now
+        var lastCounters = ContinuousClock.now
         let backgroundInterval = max(configuration.checkpoint.maxInterval / 8, .milliseconds(50))
         while shared.withLock({ $0.lockstep }) {
             let trigger = shared.withLock { shared -> CheckpointTrigger? in
@@ -157,6 +163,10 @@ extension GuestReplication {
                 if ContinuousClock.now - lastBackground >= backgroundInterval {
                     sendDirtyPagesInBackground()
                     lastBackground = ContinuousClock.now
+                }
+                if ContinuousClock.now - lastCounters >= .seconds(1) {
+                    recordCounters()
+                    lastCounters = ContinuousClock.now
                 }
                 usleep(500)
                 continue
@@ -187,6 +197,16 @@ extension GuestReplication {
             try daemons.call(.checkpointd, .checkpointSendPages(round), fds: [bitmap])
         } catch {
             logger.warning("background pages not sent: \(error)", metadata: event("background_round_failed"))
+        }
+    }
+
+    /// proxyd's mismatches and checkpointd's backlog, for the metrics.
+    private func recordCounters() {
+        if case .proxyCounters(let counters)? = try? daemons.call(.proxyd, .proxyCounters(ColoProxyCountersRequest())).0 {
+            metrics.recordProxyCounters(counters)
+        }
+        if case .checkpointStatus(let status)? = try? daemons.call(.checkpointd, .checkpointStatus(ColoCheckpointStatusRequest())).0 {
+            metrics.recordReplicationLag(bytes: status.progress.dirtyPagesLeft * 4096)
         }
     }
 

@@ -3,6 +3,7 @@ import ControlSocket
 import Glibc
 import Logging
 import PairConfiguration
+import PairMetrics
 import PairStateMachine
 import PairSupervision
 import Synchronization
@@ -35,7 +36,6 @@ public final class GuestReplication: PairActuator {
         var history: [CheckpointRecord] = []
         var failedCheckpoints = 0
         var lastError = ""
-        var progress: MigrationProgress?
         /// A sync is waiting for the primary's data channels: only then
         /// are inbound data connections taken.
         var expectingChannels = false
@@ -49,6 +49,9 @@ public final class GuestReplication: PairActuator {
     let guest: LocalGuest
     let daemons: LocalDaemons
     let logger: Logger
+    /// Where checkpoints, failovers, mismatches and progress are recorded
+    /// for `coloctl status` and Prometheus.
+    let metrics: PairMetrics
     /// The host's external interface: a tap opened by supervisord at start.
     let tap: FileDescriptor
     let mailbox = PeerMailbox()
@@ -57,8 +60,9 @@ public final class GuestReplication: PairActuator {
     let checkpointLock = Mutex(())
 
     public init(configuration: HostConfiguration, daemons: LocalDaemons, tap: FileDescriptor,
-                stateDirectory: String, logger: Logger) {
+                stateDirectory: String, metrics: PairMetrics, logger: Logger) {
         self.configuration = configuration
+        self.metrics = metrics
         self.daemons = daemons
         self.tap = tap
         self.logger = logger
@@ -87,17 +91,26 @@ public final class GuestReplication: PairActuator {
     public func synchronize(as role: PairRole, session: PeerSession) -> Result<Void, SupervisionError> {
         shared.withLock { $0.session = session; $0.abandoned = false }
         do {
-            if role == .primary { try migrateOut(session: session) } else { try migrateIn(session: session) }
+            if role == .primary {
+                // A survivor bringing a new partner up is resyncing; a first
+                // sync is the initial migration.
+                let kind: LongOperationKind = shared.withLock { $0.runningAlone } ? .resync : .migration
+                try migrateOut(session: session, kind: kind)
+            } else {
+                try migrateIn(session: session)
+            }
             return .success(())
         } catch {
-            shared.withLock { $0.lastError = "\(error)"; $0.progress = nil }
+            shared.withLock { $0.lastError = "\(error)" }
+            metrics.endOperation()
             logger.error("sync failed: \(error)", metadata: event("sync_failed").merging(["error": "\(error)"]) { $1 })
             return .failure(.peer("\(error)"))
         }
     }
 
     public func startLockstep(as role: PairRole) {
-        shared.withLock { $0.lockstep = true; $0.runningAlone = false; $0.progress = nil }
+        shared.withLock { $0.lockstep = true; $0.runningAlone = false }
+        metrics.setReplicating(true)
         logger.notice("lock-step running", metadata: event("lockstep_started"))
         if role == .primary {
             spawnThread(name: "checkpoint-scheduler") { [self] in scheduleCheckpoints() }
@@ -108,6 +121,7 @@ public final class GuestReplication: PairActuator {
 
     public func stopReplication() {
         shared.withLock { $0.lockstep = false; $0.abandoned = true }
+        metrics.setReplicating(false)
     }
 
     public func takeOver() {
@@ -119,6 +133,7 @@ public final class GuestReplication: PairActuator {
                 logger.error("disk failover: \(error)", metadata: event("failover_disk_failed"))
             }
             goAlone()
+            metrics.recordFailover()
         }
     }
 
@@ -255,13 +270,7 @@ public final class GuestReplication: PairActuator {
             guard let proxyEvent = try? ColoProxyEvent(serializedBytes: datagram.bytes) else { continue }
             switch proxyEvent.body {
             case .checkpointRequest(let request):
-                let trigger: CheckpointTrigger
-                switch request.reason {
-                case .mismatch: trigger = .mismatch
-                case .expired: trigger = .timeout
-                case .queueFull: trigger = .queueFull
-                default: trigger = .mismatch
-                }
+                let trigger = CheckpointTrigger(request.reason)
                 shared.withLock { if $0.pendingTrigger == nil { $0.pendingTrigger = trigger } }
             case .linkLost(let lost):
                 logger.warning("proxyd lost its peer link: \(lost.reason)", metadata: event("proxy_link_lost"))

@@ -1,26 +1,17 @@
 import ColoProtocol
 import Glibc
+import PairMetrics
 import PairSupervision
 import SystemPackage
-
-/// How far a live migration (or resync) has come, for `coloctl`'s progress
-/// bar.
-public struct MigrationProgress: Sendable {
-    public var phase: String
-    public var bytesTransferred: UInt64
-    public var bytesTotal: UInt64
-    public var bytesPerSecond: UInt64
-    public var rounds: UInt32
-    public var dirtyPagesLeft: UInt64
-}
 
 extension GuestReplication {
     /// The primary makes a secondary: the peer prepares an incoming VM, the
     /// data channels open, the disk is mirrored, RAM is copied in pre-copy
     /// rounds while the guest runs, and the first checkpoint is the
     /// stop-and-copy; then proxyd starts comparing.
-    func migrateOut(session: PeerSession) throws(ActuationError) {
+    func migrateOut(session: PeerSession, kind: LongOperationKind) throws(ActuationError) {
         let started = ContinuousClock.now
+        metrics.beginOperation(kind, totalBytes: configuration.guest.memoryBytes)
         mailbox.clearStale()
         var request = PeerStepRequest()
         request.step = .sync
@@ -35,7 +26,8 @@ extension GuestReplication {
         try attachCheckpointd(primary: true, channels: channels)
         try precopy()
         try waitForDiskReplication()
-        try checkpoint(trigger: .migration)
+        try checkpoint(trigger: .periodic, stopAndCopy: true)
+        metrics.endOperation()
         logger.notice("secondary synchronised in \(ContinuousClock.now - started)", metadata: event("sync_completed"))
     }
 
@@ -117,12 +109,8 @@ extension GuestReplication {
             guard case .checkpointStatus(let status)? = body else { throw .daemon(.checkpointd, "no status") }
             if !status.lastError.isEmpty { throw .daemon(.checkpointd, status.lastError) }
             let progress = status.progress
-            shared.withLock {
-                $0.progress = MigrationProgress(
-                    phase: "memory", bytesTransferred: progress.bytesTransferred, bytesTotal: total,
-                    bytesPerSecond: progress.bytesPerSecond, rounds: progress.rounds,
-                    dirtyPagesLeft: progress.dirtyPagesLeft)
-            }
+            metrics.updateOperation(doneBytes: progress.bytesTransferred,
+                                    totalBytes: max(total, progress.bytesTransferred + progress.dirtyPagesLeft * 4096))
             if progress.dirtyPagesLeft == 0 { return progress }
             usleep(5_000)
         }
@@ -135,11 +123,7 @@ extension GuestReplication {
             let disk = try guest.diskInfo()
             if disk.state == "replicating" { return }
             if disk.state == "solo" && !disk.detail.isEmpty { throw .daemon(.blockd, disk.detail) }
-            shared.withLock {
-                $0.progress = MigrationProgress(
-                    phase: "disk", bytesTransferred: disk.resync.copiedBytes, bytesTotal: disk.resync.capacityBytes,
-                    bytesPerSecond: 0, rounds: disk.resync.passes, dirtyPagesLeft: 0)
-            }
+            _ = disk
             usleep(10_000)
         }
         throw .timedOut("the disk mirror to converge")

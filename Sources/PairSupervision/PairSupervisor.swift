@@ -171,12 +171,14 @@ public final class PairSupervisor: Sendable {
         case .persist:
             persist()
         case .startSync:
-            let (role, session) = shared.withLock { ($0.machine.role, $0.session) }
-            guard let session else {
-                spawnThread(name: "pair-sync") { [self] in handle(.syncFailed("no connection to the peer")) }
-                return
-            }
+            let role = shared.withLock { $0.machine.role }
             spawnThread(name: "pair-sync") { [self] in
+                // An operator's resync may come just before the new partner
+                // has connected: give it a while to dial in.
+                guard let session = waitForSession(timeout: .seconds(30)) else {
+                    handle(.syncFailed("no connection to the peer"))
+                    return
+                }
                 switch actuator.synchronize(as: role, session: session) {
                 case .success: handle(.syncCompleted)
                 case .failure(let error): handle(.syncFailed("\(error)"))
@@ -265,7 +267,8 @@ public final class PairSupervisor: Sendable {
             }
             logger.info("peer connected", metadata: metadata(event: "peer_connected")
                 .merging(["peer_host": "\(session.peer.host)", "peer_state": "\(session.peer.state)"]) { $1 })
-            if session.peer.state == PairState.waiting.rawValue && [.lockstep, .syncing, .resyncing].contains(state) {
+            // (A resync waits for exactly such a peer: a fresh one.)
+            if session.peer.state == PairState.waiting.rawValue && [.lockstep, .syncing].contains(state) {
                 // The peer restarted and lost its replica while we counted on it.
                 logger.error("peer came back without its replica", metadata: metadata(event: "peer_lost"))
                 handle(.peerLost)
@@ -388,6 +391,15 @@ public final class PairSupervisor: Sendable {
         }
     }
 
+    private func waitForSession(timeout: Duration) -> PeerSession? {
+        let deadline = ContinuousClock.now.advanced(by: timeout)
+        while true {
+            if let session = shared.withLock({ $0.session }) { return session }
+            guard ContinuousClock.now < deadline, running else { return nil }
+            usleep(50_000)
+        }
+    }
+
     private func takeInboundSupervisor(waiting timeout: Duration) -> Int32? {
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while ContinuousClock.now < deadline {
@@ -438,7 +450,10 @@ public final class PairSupervisor: Sendable {
         while running {
             usleep(UInt32(clamping: tick.microseconds))
             let silent = shared.withLock { shared -> Bool in
+                // A sync still waiting for its partner to dial in has its own
+                // timeout; silence counts once a link to that partner exists.
                 guard [.lockstep, .syncing, .resyncing].contains(shared.machine.state),
+                      shared.session != nil || shared.machine.state == .lockstep,
                       let lastHeard = shared.lastHeard else { return false }
                 return ContinuousClock.now - lastHeard > timeout
             }

@@ -45,7 +45,7 @@ final class HostPair: Sendable {
         let daemons = LocalDaemons(runtimeDirectory: runtimeDirectory)
         replication = GuestReplication(configuration: configuration, daemons: daemons,
                                        tap: FileDescriptor(rawValue: tap), stateDirectory: stateDirectory,
-                                       logger: logger)
+                                       metrics: metrics, logger: logger)
         do {
             supervisor = try PairSupervisor(configuration: configuration, key: key,
                                             stateFile: "\(stateDirectory)/pair-state", actuator: replication,

@@ -58,8 +58,8 @@ def pauses(pair: Pair, since: float) -> list[tuple[float, str]]:
         if stamp < since:
             continue
         pause = re.search(r"pause_us=(\d+)", line)
-        trigger = re.search(r"trigger=(\w+)", line)
-        if pause and trigger and trigger.group(1) != "migration":
+        trigger = re.search(r"trigger=([\w-]+)", line)
+        if pause and trigger and trigger.group(1) != "stop-and-copy":
             out.append((int(pause.group(1)) / 1000, trigger.group(1)))
     return out
 

@@ -202,3 +202,40 @@ print("sent", len(cases))
     assert pair.report("b").get("state") == "lockstep", pair.report("b")
     summary = run_client_through(pair, lambda: None, seconds=3, at=0)
     assert summary["requests"] > 5
+
+
+def test_status_reports_checkpoints_and_metrics(pair):
+    """Under the client's load the primary reports checkpoints (by trigger,
+    per minute, pause percentiles) in `coloctl status --json`."""
+    run_client_through(pair, lambda: None, seconds=5, at=0)
+    report = pair.report("a")
+    assert report.get("state") == "lockstep", report
+    assert report.get("last_checkpoint", {}).get("id"), report
+    assert sum(int(v) for v in report.get("checkpoints_by_trigger", {}).values()) >= 2, report
+    assert report.get("checkpoints_per_minute", 0) > 0, report
+    print(f"status after 5 s of requests: {json.dumps(report)}")
+
+
+def test_resync_to_a_fresh_secondary_then_a_second_failover(pair):
+    """Host a dies; b runs alone. A fresh host a (empty disk) joins and
+    `coloctl resync` on b brings the pair back to lock-step (b now the
+    primary); then b dies too and a takes over: the client's one
+    connection and its counter carry on through both failovers."""
+    client = pair.client(30)
+    time.sleep(3)
+    pair.kill_host("a")
+    pair.wait_for(lambda: pair.report("b").get("state") == "alone", 10, "host b to run alone")
+    result = pair.coloctl("up", "--dir", str(pair.dir), "--fresh-host", "a")
+    assert result.returncode == 0, result.stderr
+    result = pair.coloctl("resync", "--runtime-dir", str(pair.dir / "host-b" / "run"), "--wait-timeout", "120",
+                          timeout=180)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{pair.logs()}"
+    pair.wait_for(lambda: pair.report("a").get("state") == "lockstep", 30, "host a in lock-step as secondary")
+    assert pair.report("b")["host_role"] == "primary" and pair.report("a")["host_role"] == "secondary"
+    time.sleep(3)
+    pair.kill_host("b")
+    pair.wait_for(lambda: pair.report("a").get("state") == "alone", 10, "host a to take over")
+    out, _ = client.communicate(timeout=90)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["connection_kept"] and summary["counts_consecutive"], f"{summary}\n{pair.logs()}"
+    print(f"two failovers and a resync on one connection: {summary}")
