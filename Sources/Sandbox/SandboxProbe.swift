@@ -21,8 +21,13 @@ public enum SandboxProbe {
         if !allowed.contains("openat") {
             outcomes.append(attempt("openat") { open("/proc/self/status", O_RDONLY | O_CLOEXEC) })
         }
-        if !allowed.contains("socket") || !policy.allowsInternetSockets {
-            outcomes.append(attempt("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+        if !policy.allowsEverySocketFamily {
+            // A netlink socket (which could reconfigure the host's network)
+            // needs no privilege, so only the filter can refuse it; no
+            // daemon's rules admit that family.
+            outcomes.append(attempt("socket") {
+                socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0 /* NETLINK_ROUTE */)
+            })
         }
         if !allowed.contains("execve") {
             // A null path: even an unfiltered execve fails (EFAULT) instead of
@@ -53,9 +58,8 @@ public enum SandboxProbe {
 }
 
 extension SeccompPolicy {
-    /// True when a rule admits socket() without restricting its family to
-    /// AF_UNIX.
-    var allowsInternetSockets: Bool {
+    /// True when a rule admits socket() whatever the family.
+    var allowsEverySocketFamily: Bool {
         rules.contains { $0.name == "socket" && $0.conditions.isEmpty }
     }
 }

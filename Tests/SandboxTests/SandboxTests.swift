@@ -24,6 +24,6 @@ final class SeccompPolicyTests: XCTestCase {
         for forbidden in ["open", "openat", "openat2", "execve", "execveat", "ptrace", "mount", "kill"] {
             XCTAssertFalse(names.contains(forbidden), forbidden)
         }
-        XCTAssertFalse(SeccompPolicy(daemon: "test", rules: []).allowsInternetSockets)
+        XCTAssertFalse(SeccompPolicy(daemon: "test", rules: []).allowsEverySocketFamily)
     }
 }
