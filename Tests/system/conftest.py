@@ -23,3 +23,12 @@ def cclient() -> Path:
     """Tests/cclient/build/colo-status, built now (make is incremental)."""
     subprocess.run(["make", "-s", "-C", str(REPO / "Tests" / "cclient")], check=True)
     return REPO / "Tests" / "cclient" / "build" / "colo-status"
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A blank 1 MiB raw disk image for the test guest (its counter starts at 0)."""
+    p = tmp_path / "disk.img"
+    with open(p, "wb") as f:
+        f.truncate(1 << 20)
+    return p

@@ -114,3 +114,11 @@ class NetNS:
 def leftover_namespaces(prefix: str = "colo-gt") -> list[str]:
     out = run("ip", "netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.startswith(prefix)]
+
+
+@contextlib.contextmanager
+def client_namespace(subnet: int):
+    """A client namespace for a guest test, checked to be gone afterwards."""
+    with NetNS(subnet=subnet) as ns:
+        yield ns
+    assert not [n for n in leftover_namespaces() if n == ns.name]

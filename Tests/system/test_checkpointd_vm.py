@@ -38,17 +38,8 @@ CHECKPOINTS = 100
 
 @pytest.fixture
 def client():
-    with netns.NetNS(subnet=6) as ns:
+    with netns.client_namespace(subnet=6) as ns:
         yield ns
-    assert not [n for n in netns.leftover_namespaces() if n == ns.name]
-
-
-@pytest.fixture
-def disk(tmp_path):
-    p = tmp_path / "disk.img"
-    with open(p, "wb") as f:
-        f.truncate(1 << 20)
-    return p
 
 
 def last_tick(console) -> int:

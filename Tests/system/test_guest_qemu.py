@@ -149,17 +149,8 @@ def power_off(ns: netns.NetNS, guest: qemu.Guest) -> None:
 
 @pytest.fixture
 def client():
-    with netns.NetNS(subnet=3) as ns:
+    with netns.client_namespace(subnet=3) as ns:
         yield ns
-    assert not [n for n in netns.leftover_namespaces() if n == ns.name]
-
-
-@pytest.fixture
-def disk(tmp_path):
-    p = tmp_path / "disk.img"
-    with open(p, "wb") as f:
-        f.truncate(1 << 20)
-    return p
 
 
 def test_services_and_disk_counter(client, disk, tmp_path):

@@ -37,17 +37,8 @@ ERRORS = colo_proto.common
 
 @pytest.fixture
 def client():
-    with netns.NetNS(subnet=4) as ns:
+    with netns.client_namespace(subnet=4) as ns:
         yield ns
-    assert not [n for n in netns.leftover_namespaces() if n == ns.name]
-
-
-@pytest.fixture
-def disk(tmp_path):
-    p = tmp_path / "disk.img"
-    with open(p, "wb") as f:
-        f.truncate(1 << 20)
-    return p
 
 
 def power_off(ns, daemon: vmm.Vmmd, console: vmm.Console):

@@ -25,9 +25,8 @@ pytestmark = pytest.mark.skipif(_missing is not None, reason=f"vmmd guest tests:
 
 @pytest.fixture
 def client():
-    with netns.NetNS(subnet=5) as ns:
+    with netns.client_namespace(subnet=5) as ns:
         yield ns
-    assert not [n for n in netns.leftover_namespaces() if n == ns.name]
 
 
 @pytest.fixture

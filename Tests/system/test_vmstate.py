@@ -42,17 +42,8 @@ TICK = re.compile(r"^COLO-GUEST TICK s=(\d+) ", re.M)
 
 @pytest.fixture
 def client():
-    with netns.NetNS(subnet=5) as ns:
+    with netns.client_namespace(subnet=5) as ns:
         yield ns
-    assert not [n for n in netns.leftover_namespaces() if n == ns.name]
-
-
-@pytest.fixture
-def disk(tmp_path):
-    p = tmp_path / "disk.img"
-    with open(p, "wb") as f:
-        f.truncate(1 << 20)
-    return p
 
 
 def copy_ram(source: int, target: int, size: int, bitmap: bytes | None = None) -> int:
