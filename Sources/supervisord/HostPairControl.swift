@@ -48,9 +48,14 @@ extension HostPair: PairControl {
         }
     }
 
+    /// A planned swap of the roles needs the replication turned round in
+    /// one step (proxyd, checkpointd and blockd directions, the secondary's
+    /// disk committed); the actuator does not do that yet, so the command
+    /// is refused rather than swapping the roles in name only. The same
+    /// result, with a short outage: `coloctl failover` on the secondary,
+    /// then the old primary restarted fresh and `coloctl resync`.
     func failback() throws(PairCommandError) {
-        guard supervisor.operatorFailback() else {
-            throw .refused("failback is taken in lock-step only; the pair is \(supervisor.state.rawValue)")
-        }
+        throw .refused("failback is not supported yet: run coloctl failover on the secondary, "
+                       + "then bring the old primary back as a fresh secondary and run coloctl resync")
     }
 }
