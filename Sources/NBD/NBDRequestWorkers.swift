@@ -51,6 +51,14 @@ final class NBDRequestWorkers: Sendable {
         slots.wait()
     }
 
+    /// Gives back a reservation whose request never came whole (the client
+    /// vanished mid-payload). Every reservation must end in a serve or
+    /// here: libdispatch traps when a semaphore is freed below its
+    /// initial value.
+    func cancelReservation() {
+        slots.signal()
+    }
+
     /// Serves a request on the calling thread; `reserve` made room for it.
     func serveHere(_ job: NBDJob) {
         serve(job)

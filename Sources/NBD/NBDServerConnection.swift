@@ -93,6 +93,7 @@ final class NBDServerConnection: @unchecked Sendable {
                         try socket.read(into: data)
                     } catch {
                         data.deallocate()
+                        workers.cancelReservation()
                         throw error
                     }
                     payload = data
