@@ -529,12 +529,15 @@ public final class PairSupervisor: Sendable {
 }
 
 extension Duration {
-    var milliseconds: Int64 {
+    /// Whole milliseconds, truncated: for timers, logs and the pair's
+    /// reports (PairActuation uses these too).
+    public var milliseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1000 + attoseconds / 1_000_000_000_000_000
     }
 
-    var microseconds: Int64 {
+    /// Whole microseconds, truncated.
+    public var microseconds: Int64 {
         let (seconds, attoseconds) = components
         return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
     }
