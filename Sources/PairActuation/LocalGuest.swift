@@ -60,8 +60,14 @@ final class LocalGuest: Sendable {
             // once the resync mirror has run.
             request.activePath = "\(stateDirectory)/\(Self.diskName).active"
             request.hiddenPath = "\(stateDirectory)/\(Self.diskName).hidden"
-            for path in [request.hiddenPath, request.activePath + ".commit"] { unlink(path) }
-            if access(request.activePath + ".commit", F_OK) != 0 { unlink(request.activePath) }
+            // Overlays left by an earlier life of this host hold nothing of
+            // the new primary's disk: they go. A failover commit journal
+            // beside them means blockd must finish that commit first, so
+            // then everything stays for it to recover.
+            if access(request.activePath + ".commit", F_OK) != 0 {
+                unlink(request.activePath)
+                unlink(request.hiddenPath)
+            }
         }
         try daemons.call(.blockd, .blockdOpenDisk(request))
     }
