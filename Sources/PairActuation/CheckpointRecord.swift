@@ -6,7 +6,5 @@ public struct CheckpointRecord: Sendable {
     public var trigger: CheckpointTrigger
     /// Primary pause to resume: the figure that matters (DESIGN.md section 4).
     public var pause: Duration
-    public var pagesSent: UInt64
-    public var bytesSent: UInt64
     public var at: ContinuousClock.Instant
 }

@@ -48,12 +48,8 @@ extension GuestReplication {
             try guest.resume()
             resumed = true
             let pause = ContinuousClock.now - pausedAt
-            let record = CheckpointRecord(sequence: taken.sequence, trigger: trigger, pause: pause,
-                                          pagesSent: taken.pagesSent, bytesSent: taken.bytesSent, at: .now)
-            shared.withLock {
-                $0.history.append(record)
-                if $0.history.count > 4096 { $0.history.removeFirst($0.history.count - 4096) }
-            }
+            let record = CheckpointRecord(sequence: taken.sequence, trigger: trigger, pause: pause, at: .now)
+            shared.withLock { $0.lastCheckpoint = record }
             if !stopAndCopy {
                 metrics.recordCheckpoint(id: taken.sequence, trigger: trigger, pause: pause)
             }
@@ -119,7 +115,6 @@ extension GuestReplication {
             }
         } catch {
             answer(request.sequence, error: "\(error)", duration: ContinuousClock.now - started)
-            shared.withLock { $0.failedCheckpoints += 1; $0.lastError = "\(error)" }
             logger.error("checkpoint failed: \(error)", metadata: event("checkpoint_failed"))
             throw error
         }
@@ -174,7 +169,6 @@ extension GuestReplication {
             do {
                 try checkpoint(trigger: chosen)
             } catch {
-                shared.withLock { $0.failedCheckpoints += 1; $0.lastError = "\(error)" }
                 logger.error("checkpoint failed: \(error)", metadata: event("checkpoint_failed"))
                 // The supervisor's watchdog decides whether the peer is gone;
                 // until then, do not spin on a failing peer.
@@ -228,12 +222,12 @@ extension GuestReplication {
         let before = shared.withLock { shared -> UInt64? in
             guard shared.lockstep else { return nil }
             shared.pendingTrigger = .operator
-            return shared.history.last?.sequence ?? 0
+            return shared.lastCheckpoint?.sequence ?? 0
         }
         guard let before else { throw .state("checkpoints are taken in lock-step only") }
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while ContinuousClock.now < deadline {
-            if let record = shared.withLock({ $0.history.last }), record.sequence > before { return record }
+            if let record = shared.withLock({ $0.lastCheckpoint }), record.sequence > before { return record }
             usleep(1000)
         }
         throw .timedOut("the checkpoint")

@@ -33,9 +33,8 @@ public final class GuestReplication: PairActuator {
         var proxyAttached = false
         var nextStep: UInt64 = 1
         var pendingTrigger: CheckpointTrigger?
-        var history: [CheckpointRecord] = []
-        var failedCheckpoints = 0
-        var lastError = ""
+        /// The last checkpoint taken (an operator's request waits for the next).
+        var lastCheckpoint: CheckpointRecord?
         /// A sync is waiting for the primary's data channels: only then
         /// are inbound data connections taken.
         var expectingChannels = false
@@ -101,7 +100,6 @@ public final class GuestReplication: PairActuator {
             }
             return .success(())
         } catch {
-            shared.withLock { $0.lastError = "\(error)" }
             metrics.endOperation()
             logger.error("sync failed: \(error)", metadata: event("sync_failed").merging(["error": "\(error)"]) { $1 })
             return .failure(.peer("\(error)"))
@@ -231,12 +229,11 @@ public final class GuestReplication: PairActuator {
             owned.append(link)
         }
         if role == .primary {
-            let pair: (SeqpacketSocket, SeqpacketSocket)
-            do { pair = try SeqpacketSocket.pair() } catch { throw .system("events socketpair: \(error)") }
+            let (ours, proxyds) = try guest.socketPair("events")
             request.events = .at(fds.count)
-            fds.append(pair.1.fd)
-            owned.append(pair.1.fd)
-            events = pair.0.fd
+            fds.append(proxyds)
+            owned.append(proxyds)
+            events = ours
         }
         do {
             try daemons.call(.proxyd, .proxyAttach(request), fds: fds)

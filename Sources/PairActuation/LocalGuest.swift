@@ -134,7 +134,8 @@ final class LocalGuest: Sendable {
         return read == 4 && magic == Array("HdrS".utf8) ? .linuxBzimage : .multiboot
     }
 
-    private func socketPair(_ what: String) throws(ActuationError) -> (FileDescriptor, FileDescriptor) {
+    /// A SOCK_SEQPACKET socketpair, to hand one end to a daemon.
+    func socketPair(_ what: String) throws(ActuationError) -> (FileDescriptor, FileDescriptor) {
         do {
             let (a, b) = try SeqpacketSocket.pair()
             return (a.fd, b.fd)
