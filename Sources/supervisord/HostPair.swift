@@ -24,8 +24,10 @@ final class HostPair: Sendable {
 
     /// Everything that needs privileges or the filesystem happens here,
     /// before the sandbox: the configuration and key are read, the tap
-    /// opened, the listening port bound.
-    init(configurationPath: String, stateDirectory: String, runtimeDirectory: String,
+    /// opened, the listening port bound. The pair's state goes to
+    /// `stateDirectory`; blockd keeps a secondary's overlays in
+    /// `overlayDirectory`, where supervisord removes stale ones.
+    init(configurationPath: String, stateDirectory: String, overlayDirectory: String, runtimeDirectory: String,
          logger: Logger) throws(StartError) {
         do {
             configuration = try HostConfiguration(contentsOf: configurationPath)
@@ -44,7 +46,7 @@ final class HostPair: Sendable {
         }
         let daemons = LocalDaemons(runtimeDirectory: runtimeDirectory)
         replication = GuestReplication(configuration: configuration, daemons: daemons,
-                                       tap: FileDescriptor(rawValue: tap), stateDirectory: stateDirectory,
+                                       tap: FileDescriptor(rawValue: tap), stateDirectory: overlayDirectory,
                                        metrics: metrics, logger: logger)
         do {
             supervisor = try PairSupervisor(configuration: configuration, key: key,

@@ -21,6 +21,11 @@ struct SupervisorDaemon: ParsableCommand {
     var stateDir = "/var/lib/colo"
 
     @Option(help: ArgumentHelp(
+        "Where blockd keeps a secondary's disk overlays (default: the state directory). Under systemd blockd's own state directory: blockd creates the files, supervisord removes stale ones.",
+        valueName: "dir"))
+    var overlayDir: String?
+
+    @Option(help: ArgumentHelp(
         "Local demo mode: start vmmd, checkpointd, proxyd and blockd from this directory (no systemd).",
         valueName: "dir"))
     var spawnDaemons: String?
@@ -29,12 +34,13 @@ struct SupervisorDaemon: ParsableCommand {
         let options = options
         let config = config
         let stateDir = stateDir
+        let overlayDir = overlayDir ?? stateDir
         let spawnDaemons = spawnDaemons
         try DaemonHost.run(name: "supervisord", options: options, policy: seccompPolicy) { environment in
             var pair: HostPair?
             if let config {
                 mkdir(stateDir, 0o700)
-                pair = try HostPair(configurationPath: config, stateDirectory: stateDir,
+                pair = try HostPair(configurationPath: config, stateDirectory: stateDir, overlayDirectory: overlayDir,
                                     runtimeDirectory: environment.runtimeDirectory, logger: environment.logger)
                 if let spawnDaemons {
                     _ = try LocalDaemonSpawner.spawn(from: spawnDaemons, runtimeDirectory: environment.runtimeDirectory,
