@@ -25,6 +25,28 @@ def cclient() -> Path:
     return REPO / "Tests" / "cclient" / "build" / "colo-status"
 
 
+@pytest.fixture(scope="module")
+def swift_runtime_dirs(daemons_dir) -> list[str]:
+    """Host directories of Swift runtime libraries the daemons and coloctl
+    link to, for binding them into systemd-nspawn containers.
+
+    scripts/setup.sh builds with --static-swift-stdlib and this is empty. A
+    build without it (e.g. a debug build) needs the toolchain's runtime
+    libraries, which the container lacks; they are bound read-only at the
+    same path (DESIGN.md section 10 allows either).
+    """
+    dirs: set[str] = set()
+    for n in (*colo_daemons.DAEMONS, "coloctl"):
+        ldd = subprocess.run(["ldd", str(daemons_dir / n)], capture_output=True, text=True).stdout
+        if "not found" in ldd:
+            pytest.fail(f"{daemons_dir / n} has unresolved libraries:\n{ldd}")
+        for line in ldd.splitlines():
+            parts = line.split()
+            if "=>" in parts and parts[0].startswith("libswift") or "=>" in parts and "/swift/" in line:
+                dirs.add(str(Path(parts[parts.index("=>") + 1]).parent))
+    return sorted(dirs)
+
+
 @pytest.fixture
 def disk(tmp_path):
     """A blank 1 MiB raw disk image for the test guest (its counter starts at 0)."""

@@ -122,7 +122,10 @@ class Container:
     Use as a context manager; ``__exit__`` always tears down. ``binds_ro``
     and ``binds`` are lists of ``(host_path, container_path)``; host devices
     listed in ``devices`` are bound at the same path (nspawn then allows
-    them in the container's device policy).
+    them in the container's device policy). ``network_namespace`` names a
+    namespace under /run/netns for the container to join (its interfaces
+    are the namespace's, set up by the test); without it the container
+    gets a private network of its own.
     """
 
     def __init__(
@@ -133,12 +136,14 @@ class Container:
         binds: list[tuple[str, str]] = (),
         devices: list[str] = ("/dev/kvm",),
         log_dir: Path | None = None,
+        network_namespace: str | None = None,
     ):
         self.root = Path(root)
         self.name = name or f"colo-test-{uuid.uuid4().hex[:8]}"
         self.binds_ro = list(binds_ro)
         self.binds = list(binds)
         self.devices = [d for d in devices if Path(d).exists()]
+        self.network_namespace = network_namespace
         self.log_path = (Path(log_dir) if log_dir else Path("/tmp")) / f"{self.name}.console.log"
         self.cgroup_dirs = [Path(h) / self.name for h in CGROUP_HIERARCHIES if Path(h).is_dir()]
         self.proc: subprocess.Popen | None = None
@@ -174,7 +179,8 @@ class Container:
             "--register=no",
             "--keep-unit",
             "-b",
-            "--private-network",
+            *([f"--network-namespace-path=/run/netns/{self.network_namespace}"] if self.network_namespace
+              else ["--private-network"]),
             "--system-call-filter=bpf",
             "--volatile=overlay",
             "-M", self.name,
@@ -247,6 +253,17 @@ class Container:
                 return pid
             todo.extend(children.get(pid, []))
         return None
+
+    def kill(self) -> None:
+        """The host dies: SIGKILL to the container's PID 1 ends its pid
+        namespace, every process in it at once, with no chance to clean
+        up; nspawn then exits. ``stop()`` still removes the traces."""
+        if self.leader is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.leader, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=20)
 
     def stop(self) -> None:
         """Stop the container and remove every trace of it on the host.

@@ -59,27 +59,6 @@ NOT_SANDBOX = {
 
 
 @pytest.fixture(scope="module")
-def swift_runtime_dirs(daemons_dir) -> list[str]:
-    """Host directories of Swift runtime libraries the daemons link to.
-
-    scripts/setup.sh builds with --static-swift-stdlib and this is empty. A
-    build without it (e.g. a debug build) needs the toolchain's runtime
-    libraries, which the container lacks; they are bound read-only at the
-    same path (DESIGN.md section 10 allows either).
-    """
-    dirs: set[str] = set()
-    for n in DAEMONS:
-        ldd = subprocess.run(["ldd", str(daemons_dir / n)], capture_output=True, text=True).stdout
-        if "not found" in ldd:
-            pytest.fail(f"{daemons_dir / n} has unresolved libraries:\n{ldd}")
-        for line in ldd.splitlines():
-            parts = line.split()
-            if "=>" in parts and parts[0].startswith("libswift") or "=>" in parts and "/swift/" in line:
-                dirs.add(str(Path(parts[parts.index("=>") + 1]).parent))
-    return sorted(dirs)
-
-
-@pytest.fixture(scope="module")
 def real_systemd() -> None:
     """Skip (before anything is built or booted) where containers cannot run."""
     missing = nspawn.missing_requirements()
@@ -94,6 +73,7 @@ def container(real_systemd, tmp_path_factory, daemons_dir, swift_runtime_dirs, c
     with nspawn.Container(
         root,
         binds_ro=[(str(daemons_dir), "/usr/local/libexec/colo"), *((d, d) for d in swift_runtime_dirs)],
+        devices=["/dev/kvm", "/dev/net/tun"],
         log_dir=tmp_path_factory.mktemp("nspawn"),
     ) as c:
         for f in sorted(UNITS.iterdir()):
@@ -102,18 +82,67 @@ def container(real_systemd, tmp_path_factory, daemons_dir, swift_runtime_dirs, c
         c.install(UNITS / "colo.sysusers", "/usr/lib/sysusers.d/colo.conf")
         c.install(cclient, "/usr/local/bin/colo-status", 0o755)
         c.run("systemd-sysusers")
-        # blockd's unit loads the pair key of its instance as a credential.
+        # The pair key of each instance: blockd, checkpointd and proxyd load
+        # it as a credential, supervisord reads it through its group.
         c.run("mkdir -p /etc/colo && for i in demo second; do head -c 32 /dev/urandom > /etc/colo/$i.key; "
-              "chmod 0600 /etc/colo/$i.key; done")
+              "chgrp colo-supervisord /etc/colo/$i.key; chmod 0640 /etc/colo/$i.key; done")
+        provision_secondary(c)
         # The root has no udev. On a host, udev creates /dev/kvm as
         # root:kvm 0660; nspawn bound the host's node (root 0600, and
         # chmod would change the host's). Replace the bind with a node of
         # our own, as udev would make it.
         c.run("umount /dev/kvm; rm -f /dev/kvm; mknod -m 0660 /dev/kvm c 10 232 && chgrp kvm /dev/kvm")
+        # Likewise /dev/net/tun, 0666 as udev makes it (for supervisord's tap).
+        c.run("umount /dev/net/tun; rm -f /dev/net/tun; mknod -m 0666 /dev/net/tun c 10 200")
         c.run("touch /tmp/outside-marker")
         c.run("systemctl daemon-reload")
         c.run(["systemctl", "enable", "--now", *(f"colo-{d}@{INSTANCE}.socket" for d in DAEMONS)])
         yield c
+
+
+def provision_secondary(c) -> None:
+    """What supervisord's unit needs for the demo instance (units/README.md):
+    a pair configuration, blockd's state directory with the disk image, a
+    persistent tap owned by colo-supervisord. The host is a secondary whose
+    peer never comes: supervisord starts, serves and waits, which is all
+    these tests look at (test_pair_nspawn.py runs a pair)."""
+    c.run(f"install -d -o colo-blockd -g colo-blockd -m 0770 /var/lib/colo/{INSTANCE}/blockd && "
+          f"truncate -s 1M /var/lib/colo/{INSTANCE}/blockd/disk.img && "
+          f"chown colo-blockd:colo-blockd /var/lib/colo/{INSTANCE}/blockd/disk.img")
+    c.run(f"cat > /etc/colo/{INSTANCE}.conf", input=f"""[pair]
+name = {INSTANCE}
+host = host-b
+role = secondary
+listen = 127.0.0.1:7400
+peer = 127.0.0.2:7400
+key-file = /etc/colo/{INSTANCE}.key
+
+[guest]
+kernel = /usr/share/colo/colo-guest.elf
+command-line = ip=10.0.2.15/24
+memory = 64M
+vcpus = 1
+disk = /var/lib/colo/{INSTANCE}/blockd/disk.img
+
+[network]
+tap = tap0
+guest-mac = 52:54:00:c0:10:01
+guest-ip = 10.0.2.15
+
+[checkpoint]
+max-interval = 2s
+compare-timeout = 200ms
+queue-limit = 4096
+ram-channels = 2
+
+[heartbeat]
+interval = 100ms
+timeout = 400ms
+""")
+    uid = c.run(["id", "-u", "colo-supervisord"]).stdout.strip()
+    subprocess.run(["nsenter", "-t", str(c.leader), "-n", "ip", "tuntap", "add", "dev", "tap0", "mode", "tap",
+                    "user", uid], check=True)
+    subprocess.run(["nsenter", "-t", str(c.leader), "-n", "ip", "link", "set", "lo", "up"], check=True)
 
 
 # -- helpers ------------------------------------------------------------------
@@ -215,6 +244,7 @@ test -e /proc/1 && echo pid1=visible || echo pid1=hidden
 test -e /proc/meminfo && echo procsubset=all || echo procsubset=pid
 echo devices="$(ls /dev | tr '\n' ' ')"
 (exec 3<>/dev/kvm) 2>/dev/null && echo kvm=open || echo kvm=closed
+(exec 3<>/dev/net/tun) 2>/dev/null && echo tun=open || echo tun=closed
 perl -MSocket -e 'print socket(my $s, AF_INET, SOCK_STREAM, 0) ? "inet=ok\n" : "inet=refused\n"'
 perl -MSocket -e 'print socket(my $s, AF_UNIX, SOCK_SEQPACKET, 0) ? "unix=ok\n" : "unix=refused\n"'
 perl -e 'print syscall(9, 0, 4096, 7, 0x22, -1, 0) == -1 ? "wxmmap=refused\n" : "wxmmap=ok\n"'
@@ -362,7 +392,7 @@ def test_probe_sees_an_unsandboxed_process(unsandboxed):
     u = unsandboxed
     assert u["NoNewPrivs"] == "0" and int(u["CapBnd"], 16) != 0
     assert u["tmpns"] == "shared" and u["home"] == "visible" and u["pid1"] == "visible"
-    assert u["procsubset"] == "all" and u["kvm"] == "open" and u["inet"] == "ok"
+    assert u["procsubset"] == "all" and u["kvm"] == "open" and u["inet"] == "ok" and u["tun"] == "open"
     assert u["wxmmap"] == "ok" and u["personality"] == "changed" and u["userns"] == "created"
 
 
@@ -396,11 +426,15 @@ def test_unit_sandbox_from_inside(container, unsandboxed, daemon):
         assert p["netns"] == host_net
         assert p["inet"] == "ok"
     devices = set(p["devices"].split())
-    assert "console" not in devices and "net" not in devices        # PrivateDevices=yes
+    assert "console" not in devices                                 # PrivateDevices=yes
     if daemon == "vmmd":
         assert "kvm" in devices and p["kvm"] == "open"              # BindPaths=, DeviceAllow=, kvm group
     else:
         assert "kvm" not in devices and p["kvm"] == "closed"
+    if daemon == "supervisord":
+        assert "net" in devices and p["tun"] == "open"              # BindPaths=, DeviceAllow=/dev/net/tun
+    else:
+        assert "net" not in devices and p["tun"] == "closed"
 
 
 @pytest.mark.parametrize("daemon", MANAGED)
