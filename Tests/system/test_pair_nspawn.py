@@ -382,9 +382,29 @@ def test_failover_and_resync_under_systemd(deployment):
     after_failover = events[events.index("failover"):]
     assert "sync_completed" in after_failover and "lockstep_started" in after_failover, events
 
-    # The same guest serves on: its counter carries on from the last reply
-    # before the resync, one by one.
-    client = d.client(3, "after-resync")
-    after = summary_of(client, 3)
-    assert after["connection_kept"] and after["counts_consecutive"], after
+    # An operator's failover, with coloctl on the new secondary, under a
+    # new client connection: host a claims the pair from the witness and
+    # serves; host b, refused by the witness, fences itself. The counter
+    # carries on from the last reply before the resync, one by one.
+    seconds = 8.0
+    client = d.client(seconds, "operator-failover")
+    time.sleep(3)
+    d.coloctl("a", "failover")
+    assert d.wait_for(lambda: d.report("a").get("state") == "alone", 15), d.diagnostics("a")
+    assert d.wait_for(lambda: d.report("b").get("state") == "fenced", 15), d.diagnostics("b")
+    after = summary_of(client, seconds)
+    assert after["connection_kept"] and after["counts_consecutive"], f"{after}\n{d.diagnostics('a')}"
     assert after["first_count"] == summary["last_count"] + 1, (summary, after)
+    assert d.report("a")["host_role"] == "primary"
+    print(f"operator failover to the resynced container: longest gap {after['longest_gap_ms']} ms")
+    events = [e.get("COLO_EVENT") for e in d.journal("a") if e.get("COLO_DAEMON") == "supervisord"]
+    assert "operator_command" in events and "failover" in events, events
+
+    # Through all of it, systemd restarted no daemon on either host: the
+    # sandboxes held (a daemon killed by its seccomp filter or failing in
+    # its unit would show as a restart).
+    for host in HOSTS:
+        for daemon in ("vmmd", "checkpointd", "proxyd", "blockd", "supervisord"):
+            unit = f"colo-{daemon}@{INSTANCE}.service"
+            restarts = d.hosts[host].run(["systemctl", "show", unit, "-p", "NRestarts", "--value"]).stdout.strip()
+            assert restarts == "0", f"{unit} on host {host} restarted {restarts} times\n{d.diagnostics(host)}"
