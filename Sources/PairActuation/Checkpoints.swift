@@ -1,22 +1,32 @@
 import ColoProtocol
+import ControlSocket
 import Glibc
 import PairMetrics
 import PairSupervision
 import SystemPackage
 
+/// Where a primary's checkpoint stands in the pair's life.
+enum CheckpointKind {
+    /// One of the lock-step's.
+    case lockstep
+    /// The migration's last step: proxyd starts comparing after it.
+    case stopAndCopy
+    /// The last before a handover (failback): the VM stays paused.
+    case handover
+}
+
 extension GuestReplication {
     /// The primary's checkpoint (DESIGN.md section 4): ask the secondary,
     /// pause, drain the disk's replicated writes, send the dirty pages and
     /// the device state, release the held packets once the secondary has
-    /// committed, resume when it has loaded. The first one after a sync is
-    /// the migration's stop-and-copy (`stopAndCopy`) and attaches proxyd.
-    func checkpoint(trigger: CheckpointTrigger, stopAndCopy: Bool = false) throws(ActuationError) {
+    /// committed, resume when it has loaded.
+    func checkpoint(trigger: CheckpointTrigger, kind: CheckpointKind = .lockstep) throws(ActuationError) {
         try checkpointLock.withLock { _ throws(ActuationError) in
-            guard stopAndCopy || shared.withLock({ $0.lockstep }) else {
+            guard kind != .lockstep || shared.withLock({ $0.lockstep }) else {
                 throw .state("the pair is not in lock-step")
             }
             var request = PeerStepRequest()
-            request.step = .checkpoint
+            request.step = kind == .handover ? .handover : .checkpoint
             request.sequence = nextStep()
             try send(request)
 
@@ -35,27 +45,34 @@ extension GuestReplication {
             let (body, _) = try daemons.call(.checkpointd, .checkpointTake(take), fds: [bitmap, state],
                                              timeout: .seconds(60))
             guard case .checkpointTaken(let taken)? = body else { throw .daemon(.checkpointd, "no report") }
-            if !stopAndCopy {
+            if kind != .stopAndCopy {
                 try daemons.call(.proxyd, .proxyCheckpointDone(ColoProxyCheckpointDone()))
             }
             let answer = try waitForAnswer(request.sequence)
             guard answer.error.isEmpty else {
                 throw .peer("the secondary could not load checkpoint \(taken.sequence): \(answer.error)")
             }
-            if stopAndCopy {
+            switch kind {
+            case .lockstep: try guest.resume()
+            case .stopAndCopy:
                 try attachProxy(role: .primary)
+                try guest.resume()
+            case .handover: break
             }
-            try guest.resume()
             resumed = true
             let pause = ContinuousClock.now - pausedAt
             let record = CheckpointRecord(sequence: taken.sequence, trigger: trigger, pause: pause, at: .now)
             shared.withLock { $0.lastCheckpoint = record }
-            if !stopAndCopy {
+            if kind != .stopAndCopy {
                 metrics.recordCheckpoint(id: taken.sequence, trigger: trigger, pause: pause)
             }
-            let kind = stopAndCopy ? "stop-and-copy" : trigger.rawValue
-            logger.info("checkpoint \(taken.sequence) (\(kind)): paused \(pause)", metadata: event("checkpoint")
-                .merging(["checkpoint": "\(taken.sequence)", "trigger": "\(kind)",
+            let name = switch kind {
+            case .lockstep: trigger.rawValue
+            case .stopAndCopy: "stop-and-copy"
+            case .handover: "handover"
+            }
+            logger.info("checkpoint \(taken.sequence) (\(name)): paused \(pause)", metadata: event("checkpoint")
+                .merging(["checkpoint": "\(taken.sequence)", "trigger": "\(name)",
                           "pause_us": "\(pause.microseconds)", "pages": "\(taken.pagesSent)"]) { $1 })
         }
     }
@@ -143,12 +160,12 @@ extension GuestReplication {
 
     /// The primary's lock-step loop: a checkpoint when proxyd asks, when an
     /// operator asks, or when the maximum interval has passed.
-    func scheduleCheckpoints() {
+    func scheduleCheckpoints(run: UInt64) {
         var last = ContinuousClock.now
         var lastBackground = ContinuousClock.now
         var lastCounters = ContinuousClock.now
         let backgroundInterval = max(configuration.checkpoint.maxInterval / 8, .milliseconds(50))
-        while shared.withLock({ $0.lockstep }) {
+        while inLockstep(run: run) {
             let trigger = shared.withLock { shared -> CheckpointTrigger? in
                 defer { shared.pendingTrigger = nil }
                 return shared.pendingTrigger
@@ -204,15 +221,25 @@ extension GuestReplication {
         }
     }
 
-    /// The secondary's lock-step loop: answer each checkpoint request.
-    func serveSteps() {
-        while shared.withLock({ $0.lockstep }) {
+    /// The secondary's lock-step loop: answer each checkpoint request. A
+    /// handover's checkpoint, once loaded, is reported to the supervisor,
+    /// which claims the pair.
+    func serveSteps(run: UInt64) {
+        while inLockstep(run: run) {
             guard let request = try? nextRequest(timeout: .milliseconds(200)) else { continue }
-            guard request.step == .checkpoint else {
+            guard request.step == .checkpoint || request.step == .handover else {
                 answer(request.sequence, error: "step \(request.step) is not taken in lock-step", duration: .zero)
                 continue
             }
-            try? secondaryCheckpoint(request)
+            do {
+                try secondaryCheckpoint(request)
+            } catch {
+                continue
+            }
+            if request.step == .handover, let report = shared.withLock({ $0.reports?.handoverRequested }) {
+                // The claim stops this loop: it runs on a thread of its own.
+                spawnThread(name: "handover") { report() }
+            }
         }
     }
 

@@ -27,6 +27,9 @@ public final class GuestReplication: PairActuator {
         var framesLink: FileDescriptor?
         var session: PeerSession?
         var lockstep = false
+        /// Counts the lock-step runs: a scheduler or step loop serves the
+        /// run it was started for, never a later one.
+        var lockstepRun: UInt64 = 0
         /// Set when the peer is lost or replication stops: a checkpoint
         /// waiting on the peer gives up at once.
         var abandoned = false
@@ -40,8 +43,8 @@ public final class GuestReplication: PairActuator {
         var expectingChannels = false
         /// Running without a partner, serving the clients.
         var runningAlone = false
-        /// Where a dead local daemon is reported (the supervisor resigns).
-        var onLocalFailure: (@Sendable (String) -> Void)?
+        /// Where the supervisor hears what it must decide on.
+        var reports: ReplicationReports?
     }
 
     let configuration: HostConfiguration
@@ -71,13 +74,12 @@ public final class GuestReplication: PairActuator {
     /// Brings the local guest up as the pair's state says: a primary boots
     /// its VM and serves (alone, straight to the network, until a secondary
     /// joins); a secondary waits for the primary to migrate one to it.
-    public func start(role: PairRole, state: PairState,
-                      onLocalFailure: @escaping @Sendable (String) -> Void) throws(ActuationError) {
-        shared.withLock { $0.onLocalFailure = onLocalFailure }
+    public func start(role: PairRole, state: PairState, reports: ReplicationReports) throws(ActuationError) {
+        shared.withLock { $0.reports = reports }
         spawnThread(name: "local-health") { [self] in watchLocalDaemons() }
         guard role == .primary, state != .fenced else { return }
         let plumbing = try guest.boot()
-        shared.withLock { $0.frames = plumbing.frames }
+        replaceFrames(plumbing.frames)
         logger.notice("guest booted", metadata: event("guest_booted"))
         if state == .alone {
             try attachProxy(role: .passThrough)
@@ -107,14 +109,25 @@ public final class GuestReplication: PairActuator {
     }
 
     public func startLockstep(as role: PairRole) {
-        shared.withLock { $0.lockstep = true; $0.runningAlone = false }
+        let run = shared.withLock { shared -> UInt64 in
+            shared.lockstep = true
+            shared.abandoned = false
+            shared.runningAlone = false
+            shared.lockstepRun += 1
+            return shared.lockstepRun
+        }
         metrics.setReplicating(true)
         logger.notice("lock-step running", metadata: event("lockstep_started"))
         if role == .primary {
-            spawnThread(name: "checkpoint-scheduler") { [self] in scheduleCheckpoints() }
+            spawnThread(name: "checkpoint-scheduler") { [self] in scheduleCheckpoints(run: run) }
         } else {
-            spawnThread(name: "checkpoint-steps") { [self] in serveSteps() }
+            spawnThread(name: "checkpoint-steps") { [self] in serveSteps(run: run) }
         }
+    }
+
+    /// Whether lock-step run `run` is still the one going on.
+    func inLockstep(run: UInt64) -> Bool {
+        shared.withLock { $0.lockstep && $0.lockstepRun == run }
     }
 
     public func stopReplication() {
@@ -153,6 +166,52 @@ public final class GuestReplication: PairActuator {
             // Another host holds the pair: this guest must say nothing more.
             try? guest.pause()
         }
+    }
+
+    // MARK: - Failback
+
+    public func handOver() -> Result<Void, SupervisionError> {
+        // The scheduler stops after the checkpoint it may be taking; the
+        // handover's checkpoint comes after it.
+        shared.withLock { $0.lockstep = false }
+        do {
+            try checkpoint(trigger: .operator, kind: .handover)
+            metrics.setReplicating(false)
+            return .success(())
+        } catch {
+            return .failure(.peer("\(error)"))
+        }
+    }
+
+    public func standDown() {
+        let frames = shared.withLock { shared -> FileDescriptor? in
+            shared.lockstep = false
+            shared.abandoned = true
+            shared.runningAlone = false
+            shared.proxyAttached = false
+            shared.framesLink = nil
+            defer { shared.frames = nil }
+            return shared.frames
+        }
+        try? frames?.close()
+        checkpointLock.withLock { _ in
+            do {
+                try guest.release()
+                logger.notice("guest stopped and disk released for the new primary", metadata: event("stood_down"))
+            } catch {
+                logger.error("standing down: \(error)", metadata: event("stand_down_failed"))
+            }
+        }
+    }
+
+    public func resumeLockstep() {
+        do {
+            try guest.resume()
+        } catch {
+            // A failed last checkpoint resumed the VM already.
+            logger.debug("resume: \(error)", metadata: event("resume_skipped"))
+        }
+        startLockstep(as: .primary)
     }
 
     public func inbound(channel: String, fd: Int32) {
@@ -278,6 +337,15 @@ public final class GuestReplication: PairActuator {
     }
 
     // MARK: - Helpers
+
+    /// The proxyd end of a new VM's frame socket; the old one is closed.
+    func replaceFrames(_ frames: FileDescriptor) {
+        let previous = shared.withLock { shared -> FileDescriptor? in
+            defer { shared.frames = frames }
+            return shared.frames
+        }
+        try? previous?.close()
+    }
 
     func event(_ name: String) -> Logger.Metadata {
         ["event": "\(name)", "pair": "\(configuration.pair.name)", "host": "\(configuration.pair.host)"]

@@ -50,6 +50,25 @@ final class LocalGuest: Sendable {
         return try createVM(incoming: true)
     }
 
+    /// The old primary after a handover: its VM goes, and the disk closes
+    /// so that `prepareIncoming` opens the image again as a secondary's.
+    /// blockd lets the disk go once vmmd has closed the VM's block socket.
+    func release() throws(ActuationError) {
+        _ = try? daemons.call(.vmmd, .vmStop(ColoVmStopRequest()))
+        var request = ColoBlockdCloseDiskRequest()
+        request.name = Self.diskName
+        let deadline = ContinuousClock.now.advanced(by: .seconds(10))
+        while true {
+            do {
+                try daemons.call(.blockd, .blockdCloseDisk(request))
+                return
+            } catch {
+                guard ContinuousClock.now < deadline else { throw error }
+                usleep(20_000)
+            }
+        }
+    }
+
     private func openDisk(role: ColoBlockdDiskRole) throws(ActuationError) {
         var request = ColoBlockdOpenDiskRequest()
         request.name = Self.diskName

@@ -28,7 +28,7 @@ extension GuestReplication {
                 } catch {
                     misses[daemon, default: 0] += 1
                     if misses[daemon]! >= 2 {
-                        let report = shared.withLock { $0.onLocalFailure }
+                        let report = shared.withLock { $0.reports?.localFailure }
                         logger.critical("\(daemon.rawValue) is gone: \(error)", metadata: event("local_daemon_lost")
                             .merging(["daemon": "\(daemon.rawValue)"]) { $1 })
                         shared.withLock { $0.lockstep = false; $0.runningAlone = false; $0.abandoned = true }

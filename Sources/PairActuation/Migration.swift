@@ -26,7 +26,7 @@ extension GuestReplication {
         try attachCheckpointd(primary: true, channels: channels)
         try precopy()
         try waitForDiskReplication()
-        try checkpoint(trigger: .periodic, stopAndCopy: true)
+        try checkpoint(trigger: .periodic, kind: .stopAndCopy)
         metrics.endOperation()
         logger.notice("secondary synchronised in \(ContinuousClock.now - started)", metadata: event("sync_completed"))
     }
@@ -38,7 +38,7 @@ extension GuestReplication {
         let started = ContinuousClock.now
         do {
             let plumbing = try guest.prepareIncoming()
-            shared.withLock { $0.frames = plumbing.frames }
+            replaceFrames(plumbing.frames)
         } catch {
             answer(request.sequence, error: "\(error)", duration: ContinuousClock.now - started)
             throw error

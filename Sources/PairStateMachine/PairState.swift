@@ -7,6 +7,9 @@
 ///                                      --denied---> fenced
 ///     alone --resync(partner)--> resyncing --synced--> lockstep
 ///     lockstep --failover (operator)--> claiming
+///     lockstep --failback (operator, primary)--> handingOver
+///         --the secondary took the pair--> waiting (as the secondary)
+///         --it declined--> lockstep
 public enum PairState: String, Sendable, Equatable, CaseIterable, Codable {
     /// Configured, waiting for the peer to connect.
     case waiting
@@ -20,6 +23,10 @@ public enum PairState: String, Sendable, Equatable, CaseIterable, Codable {
     case alone
     /// Bringing a new partner up to date while running alone.
     case resyncing
+    /// A planned swap of roles (failback): the primary took a last
+    /// checkpoint and keeps its VM paused while the secondary claims the
+    /// pair; then it becomes the secondary, or resumes if refused.
+    case handingOver = "handing_over"
     /// The witness gave the pair to the other host: this host's VM must
     /// produce no output (a cut link must never make two primaries).
     case fenced
@@ -37,4 +44,6 @@ public enum PairRole: String, Sendable, Equatable, Codable {
 public enum ClaimReason: String, Sendable, Equatable, Codable {
     case heartbeatLost = "heartbeat_lost"
     case operatorFailover = "operator_failover"
+    /// The primary handed the pair over at a checkpoint (failback).
+    case handover
 }

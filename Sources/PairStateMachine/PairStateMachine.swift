@@ -12,8 +12,13 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
     /// The pair's generation: increases at each failover. A host's claim to
     /// run alone is for `epoch + 1`.
     public private(set) var epoch: UInt64
-    /// The epoch being claimed while in `.claiming`.
+    /// The epoch being claimed while in `.claiming`, and why.
     public private(set) var claimedEpoch: UInt64?
+    public private(set) var claimReason: ClaimReason?
+    /// Set when this host took the pair over from a primary that handed it
+    /// over (failback): that host comes back as a fresh secondary, and the
+    /// resync starts as soon as it connects, without an operator.
+    public private(set) var resyncWhenPartnerReturns = false
 
     public init(role: PairRole, epoch: UInt64 = 0) {
         self.state = .waiting
@@ -42,7 +47,17 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         /// reached (either way this host must not run alone).
         case witnessRefused(String)
         case operatorResync
+        /// Swap the roles (failback); taken by the primary in lock-step.
         case operatorFailback
+        /// The primary's last checkpoint before a handover is loaded: the
+        /// secondary claims the pair.
+        case handoverRequested
+        /// The secondary took the pair for `epoch`: the old primary becomes
+        /// its secondary.
+        case handoverAccepted(epoch: UInt64)
+        /// The handover did not happen (the secondary could not claim the
+        /// pair, or the last checkpoint failed): the pair goes on as it was.
+        case handoverDeclined(String)
         /// A local daemon the guest depends on died (the VM, its network or
         /// its disk): this host can no longer hold its half of the pair.
         case localFailure(String)
@@ -66,8 +81,20 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         case fence(reason: String)
         /// Persist the state (role, epoch) before anything else happens.
         case persist
-        /// Swap roles with the partner (failback).
-        case swapRoles
+        /// Primary: take a last checkpoint and leave the VM paused, asking
+        /// the secondary to take the pair over.
+        case handOver
+        /// Secondary: tell the old primary the pair is ours for `epoch`
+        /// (before the link is dropped by `takeOver`).
+        case acceptHandover(epoch: UInt64)
+        /// Secondary: tell the primary the handover is off, and why.
+        case declineHandover(String)
+        /// The old primary after a handover: stop the VM and release the
+        /// disk, ready to come back as a fresh secondary.
+        case standDown
+        /// The primary after a declined handover (and why): resume the VM
+        /// and the checkpoints.
+        case resumeLockstep(String)
         /// Stop heartbeating and close the link, so the peer sees this host
         /// as lost and takes over (or carries on alone).
         case resign
@@ -103,13 +130,27 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
             return claim(.operatorFailover)
         case (.claiming, .witnessGranted(let granted)) where granted == claimedEpoch:
             epoch = granted
+            let reason = claimReason
             claimedEpoch = nil
+            claimReason = nil
             state = .alone
             let wasSecondary = role == .secondary
             role = .primary
+            if reason == .handover {
+                resyncWhenPartnerReturns = true
+                return [.persist, .acceptHandover(epoch: granted), .takeOver]
+            }
             return [.persist, wasSecondary ? .takeOver : .continueAlone]
+        case (.claiming, .witnessRefused(let reason)) where claimReason == .handover:
+            // Nobody else claimed: the primary waits, paused, for our
+            // answer. Without the witness's word the pair stays as it was.
+            claimedEpoch = nil
+            claimReason = nil
+            state = .lockstep
+            return [.persist, .declineHandover(reason), .startLockstep]
         case (.claiming, .witnessRefused(let reason)):
             claimedEpoch = nil
+            claimReason = nil
             state = .fenced
             return [.persist, .fence(reason: reason)]
         case (.alone, .operatorResync):
@@ -118,9 +159,28 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         case (let current, .localFailure(let reason)) where current != .fenced:
             state = .fenced
             return [.stopReplication, .persist, .fence(reason: reason), .resign]
-        case (.lockstep, .operatorFailback):
-            role = role == .primary ? .secondary : .primary
-            return [.persist, .swapRoles]
+        case (.lockstep, .operatorFailback) where role == .primary:
+            state = .handingOver
+            return [.persist, .handOver]
+        case (.lockstep, .handoverRequested) where role == .secondary:
+            return claim(.handover)
+        case (.handingOver, .handoverAccepted(let granted)) where granted > epoch:
+            epoch = granted
+            role = .secondary
+            state = .waiting
+            return [.stopReplication, .persist, .standDown]
+        case (.handingOver, .handoverDeclined(let reason)):
+            state = .lockstep
+            return [.persist, .resumeLockstep(reason)]
+        case (.handingOver, .peerLost):
+            // Gone before answering: the primary carries on alone, as when
+            // any secondary is lost (the witness still decides).
+            return claim(.heartbeatLost)
+        case (.alone, .peerConnected(let peerEpoch)) where resyncWhenPartnerReturns:
+            epoch = max(epoch, peerEpoch)
+            resyncWhenPartnerReturns = false
+            state = .resyncing
+            return [.persist, .startSync]
         default:
             return []
         }
@@ -129,6 +189,7 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
     private mutating func claim(_ reason: ClaimReason) -> [Action] {
         state = .claiming
         claimedEpoch = epoch + 1
+        claimReason = reason
         return [.stopReplication, .persist, .claimFromWitness(epoch: epoch + 1, reason: reason)]
     }
 }

@@ -29,6 +29,16 @@ public protocol PairActuator: Sendable {
     /// proxyd-frames), not yet authenticated: the daemon that takes it does.
     /// The actuator owns `fd` from here.
     func inbound(channel: String, fd: Int32)
+    /// Primary, failback: the last checkpoint, after which the VM stays
+    /// paused and the secondary is asked to take the pair (STEP_HANDOVER).
+    /// Returns once the secondary has loaded it, or the checkpoint failed
+    /// (then the VM runs again).
+    func handOver() -> Result<Void, SupervisionError>
+    /// The old primary after a handover: the VM stopped and the disk
+    /// released, so the new primary can make this host its secondary.
+    func standDown()
+    /// A handover that did not happen: the VM runs again and checkpoints go on.
+    func resumeLockstep()
     /// A replication step message from the peer supervisord (a request on
     /// the secondary, an answer on the primary). Called on the link's
     /// receiving thread: long work goes elsewhere.
@@ -55,6 +65,9 @@ public final class PairSupervisor: Sendable {
         /// Supervisor connections the acceptor took, for the link thread
         /// of a host that does not dial.
         var inboundSupervisor: [Int32] = []
+        /// While handing over: when the primary stops waiting for the
+        /// secondary's answer and resumes.
+        var handoverDeadline: ContinuousClock.Instant?
     }
 
     private let configuration: HostConfiguration
@@ -137,6 +150,12 @@ public final class PairSupervisor: Sendable {
     public func operatorResync() -> Bool { handle(.operatorResync) }
     public func operatorFailback() -> Bool { handle(.operatorFailback) }
 
+    /// The secondary loaded the primary's last checkpoint before a
+    /// handover (the actuator says so): claim the pair.
+    public func handoverRequested() {
+        handle(.handoverRequested)
+    }
+
     /// The actuator found a local daemon dead: this host fences itself and
     /// resigns, so the peer takes over within its heartbeat timeout.
     public func localFailure(_ reason: String) {
@@ -211,11 +230,49 @@ public final class PairSupervisor: Sendable {
             logger.critical("fenced: \(reason)", metadata: metadata(event: "fenced"))
             dropSession()
             actuator.fence(reason: reason)
-        case .swapRoles:
-            logger.notice("roles swapped", metadata: metadata(event: "failback"))
+        case .handOver:
+            logger.notice("handing the pair over to the secondary", metadata: metadata(event: "handover_started"))
+            let deadline = ContinuousClock.now.advanced(by: max(configuration.heartbeat.timeout * 4, .seconds(10)))
+            shared.withLock { $0.handoverDeadline = deadline }
+            // The checkpoint waits for the peer, whose answer is another
+            // event: not under the transition lock.
+            spawnThread(name: "pair-handover") { [self] in
+                if case .failure(let error) = actuator.handOver() {
+                    handle(.handoverDeclined("the last checkpoint failed: \(error)"))
+                }
+            }
+        case .acceptHandover(let epoch):
+            logger.notice("taking the pair over from the primary", metadata: metadata(event: "handover_accepted"))
+            answerHandover(accepted: true, epoch: epoch, reason: "")
+        case .declineHandover(let reason):
+            logger.warning("handover declined: \(reason)", metadata: metadata(event: "handover_declined")
+                .merging(["reason": "\(reason)"]) { $1 })
+            answerHandover(accepted: false, epoch: 0, reason: reason)
+        case .standDown:
+            logger.notice("handed over: this host is the secondary now", metadata: metadata(event: "failback"))
+            dropSession()
+            actuator.standDown()
+        case .resumeLockstep(let reason):
+            shared.withLock { $0.detail = "failback declined: \(reason)" }
+            logger.notice("handover off: lock-step goes on", metadata: metadata(event: "handover_cancelled")
+                .merging(["reason": "\(reason)"]) { $1 })
+            actuator.resumeLockstep()
         case .resign:
             stop()
         }
+    }
+
+    private func answerHandover(accepted: Bool, epoch: UInt64, reason: String) {
+        guard let session = shared.withLock({ $0.session }) else { return }
+        var handover = PeerHandover()
+        handover.accepted = accepted
+        handover.epoch = epoch
+        handover.reason = reason
+        var message = PeerMessage()
+        message.handover = handover
+        // Unsent, the primary learns of it from the link closing (take-over)
+        // or from its own timeout.
+        try? session.send(message, timeout: .seconds(1))
     }
 
     /// Asks the witness; without a witness configured, only the peer's
@@ -338,6 +395,11 @@ public final class PairSupervisor: Sendable {
                     if shared.session === session { shared.lastHeard = .now }
                 }
                 actuator.received(message, on: session)
+            case .handover(let answer):
+                shared.withLock { shared in
+                    if shared.session === session { shared.lastHeard = .now }
+                }
+                handle(answer.accepted ? .handoverAccepted(epoch: answer.epoch) : .handoverDeclined(answer.reason))
             case .hello, .none:
                 logger.warning("unexpected message from the peer", metadata: metadata(event: "peer_protocol_error"))
             }
@@ -418,7 +480,7 @@ public final class PairSupervisor: Sendable {
     /// pair. A link that goes silent instead is the watchdog's business.
     private func linkEnded(_ session: PeerSession) {
         let current = shared.withLock { $0.session === session && $0.running }
-        guard current, [.lockstep, .syncing, .resyncing].contains(state) else { return }
+        guard current, [.lockstep, .syncing, .resyncing, .handingOver].contains(state) else { return }
         logger.error("the peer closed the link", metadata: metadata(event: "peer_lost"))
         handle(.peerLost)
     }
@@ -449,10 +511,17 @@ public final class PairSupervisor: Sendable {
         let tick = max(configuration.heartbeat.interval / 4, .milliseconds(5))
         while running {
             usleep(UInt32(clamping: tick.microseconds))
+            let handoverOverdue = shared.withLock { shared -> Bool in
+                guard shared.machine.state == .handingOver, let deadline = shared.handoverDeadline else { return false }
+                return ContinuousClock.now > deadline
+            }
+            if handoverOverdue {
+                handle(.handoverDeclined("the secondary did not answer the handover in time"))
+            }
             let silent = shared.withLock { shared -> Bool in
                 // A sync still waiting for its partner to dial in has its own
                 // timeout; silence counts once a link to that partner exists.
-                guard [.lockstep, .syncing, .resyncing].contains(shared.machine.state),
+                guard [.lockstep, .syncing, .resyncing, .handingOver].contains(shared.machine.state),
                       shared.session != nil || shared.machine.state == .lockstep,
                       let lastHeard = shared.lastHeard else { return false }
                 return ContinuousClock.now - lastHeard > timeout

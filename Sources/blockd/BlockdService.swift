@@ -46,6 +46,7 @@ final class BlockdService: DaemonService {
         case .blockdAttachLink(let request): return attachLink(request, fds: context.fds)
         case .blockdCheckpoint(let request): return checkpoint(request)
         case .blockdFailover(let request): return failover(request)
+        case .blockdCloseDisk(let request): return closeDisk(request.name)
         case .blockdServeNbd(let request):
             guard let fd = take(request.listener, from: context.fds) else {
                 return .error(.missingFd, "the request carries no listener fd \(request.listener.index)")
@@ -95,6 +96,18 @@ final class BlockdService: DaemonService {
             "capacity": "\(managed.guest.capacity)", "recovered_commit": "\(managed.info().recoveredCommit)",
         ])
         return ControlReply(.blockdDisk(managed.info()))
+    }
+
+    /// An old primary becoming a fresh secondary opens the same image in
+    /// the other role: the disk goes first, once no guest uses it.
+    private func closeDisk(_ name: String) -> ControlReply {
+        guard let managed = disk(name) else { return .error(.invalidArgument, "no disk named \(name)") }
+        if let refusal = managed.close() { return .error(.failedPrecondition, "disk \(name): \(refusal)") }
+        disks.withLock { $0[name] = nil }
+        localCatalog.remove(named: name)
+        localCatalog.remove(named: "\(name).secondary")
+        logger.info("disk closed", metadata: ["event": "disk_closed", "disk": "\(name)"])
+        return ControlReply(.blockdStatus(status()))
     }
 
     private func attachGuest(_ request: ColoBlockdAttachGuestRequest, fds: [FileDescriptor]) -> ControlReply {

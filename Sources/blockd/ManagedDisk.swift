@@ -117,6 +117,21 @@ final class ManagedDisk: Sendable {
         }
     }
 
+    /// Lets go of the partner before the disk is dropped: a primary's
+    /// replication link is cut, a secondary refuses the old primary's
+    /// writes. Returns why the disk cannot close now (a guest attached, a
+    /// failover commit running), or nil.
+    func close() -> String? {
+        let (attached, state, stack) = facts.withLock { ($0.guestAttached, $0.state, $0.stack) }
+        if attached { return "a guest is attached: stop the VM first" }
+        if state == "committing" { return "its failover commit is running" }
+        switch stack {
+        case .primary(let disk): disk.detach(reason: "disk closed")
+        case .secondary(let secondary, _): secondary.fence()
+        }
+        return nil
+    }
+
     func info() -> ColoBlockdDiskInfo {
         let current = facts.withLock { $0 }
         var info = ColoBlockdDiskInfo()

@@ -87,15 +87,39 @@ struct Resync: ParsableCommand {
 /// `coloctl failback`: swap the roles of a pair in lock-step.
 struct Failback: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Swap the roles of the pair (it must be in lock-step).",
-        discussion: "Exits 0 when supervisord accepted the failback, 4 when the pair is not in lock-step.")
+        abstract: "Swap the roles of the pair, on its primary; waits until the pair is in lock-step again.",
+        discussion: """
+        The primary takes a last checkpoint and pauses; the secondary takes the pair over (the witness \
+        grants it the next epoch) with the clients' connections, and resyncs the old primary as its \
+        secondary. Exits 0 once the pair is in lock-step with the roles swapped (or, with --no-wait, once \
+        the handover started), 1 when it was declined (the pair goes on as it was), 4 when this host is \
+        not the primary of a pair in lock-step, 5 after --wait-timeout.
+        """)
 
     @OptionGroup var connection: ConnectionOptions
 
+    @Flag(name: .long, help: "Return once the handover started instead of waiting for lock-step.")
+    var noWait = false
+
+    @Option(name: .long, help: "Seconds to wait for lock-step.")
+    var waitTimeout: Double = 1800
+
+    func validate() throws {
+        try validateWaitTimeout(waitTimeout)
+    }
+
     func run() throws {
         try runReporting(json: connection.json) { () throws(CommandFailure) in
-            let pair = try command(.pairFailback(ColoPairFailbackRequest()), "failback", connection)
-            if connection.json { try printReply(pair) } else { print("failback accepted: now \(pair.hostRole), \(pair.state)") }
+            var pair = try command(.pairFailback(ColoPairFailbackRequest()), "failback", connection)
+            if !noWait {
+                pair = try ProgressWatcher(connection: connection, goal: .failback, limit: .seconds(waitTimeout),
+                                           quiet: connection.json).run()
+            }
+            if connection.json {
+                try printReply(pair)
+            } else {
+                print(noWait ? "failback started: \(pair.state)" : "failback done: this host is the \(pair.hostRole) (epoch \(pair.epoch))")
+            }
         }
     }
 }

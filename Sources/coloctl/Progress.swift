@@ -46,6 +46,9 @@ struct ProgressWatcher {
         case resync
         /// Wait through the peer's arrival and the initial sync.
         case lockstep
+        /// On the primary that led a failback: lock-step again as the
+        /// secondary; lock-step as the primary means it was declined.
+        case failback
     }
 
     let connection: ConnectionOptions
@@ -68,8 +71,14 @@ struct ProgressWatcher {
                                      message: "supervisord answered a pair status request with another message")
             }
             switch report.state {
+            case "lockstep" where goal == .failback && report.hostRole == "primary":
+                throw CommandFailure(status: ColoctlExit.failed, code: "failback_declined",
+                                     message: report.detail.isEmpty ? "the failback was declined" : report.detail)
             case "lockstep":
                 return report
+            case "alone" where goal == .failback:
+                throw CommandFailure(status: ColoctlExit.failed, code: "failback_failed",
+                                     message: "the secondary was lost during the failback; this host runs alone")
             case "fenced":
                 throw CommandFailure(status: ColoctlExit.failed, code: "fenced",
                                      message: "this host is fenced: \(report.detail)")

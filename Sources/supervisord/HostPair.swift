@@ -62,9 +62,9 @@ final class HostPair: Sendable {
     func start() throws(StartError) {
         do {
             let supervisor = supervisor
-            try replication.start(role: supervisor.role, state: supervisor.state) { reason in
-                supervisor.localFailure(reason)
-            }
+            let reports = ReplicationReports(localFailure: { supervisor.localFailure($0) },
+                                             handoverRequested: { supervisor.handoverRequested() })
+            try replication.start(role: supervisor.role, state: supervisor.state, reports: reports)
         } catch {
             throw StartError(description: "the local guest cannot start: \(error)")
         }

@@ -48,14 +48,16 @@ extension HostPair: PairControl {
         }
     }
 
-    /// A planned swap of the roles needs the replication turned round in
-    /// one step (proxyd, checkpointd and blockd directions, the secondary's
-    /// disk committed); the actuator does not do that yet, so the command
-    /// is refused rather than swapping the roles in name only. The same
-    /// result, with a short outage: `coloctl failover` on the secondary,
-    /// then the old primary restarted fresh and `coloctl resync`.
+    /// A planned swap of the roles, led by the primary: a last checkpoint,
+    /// the secondary takes the pair over (the witness grants it a new epoch)
+    /// with the clients' connections, and this host comes back as its
+    /// secondary through a resync.
     func failback() throws(PairCommandError) {
-        throw .refused("failback is not supported yet: run coloctl failover on the secondary, "
-                       + "then bring the old primary back as a fresh secondary and run coloctl resync")
+        guard supervisor.role == .primary else {
+            throw .refused("failback is led by the primary: run it on \(configuration.pair.peer)'s host")
+        }
+        guard supervisor.operatorFailback() else {
+            throw .refused("failback is taken in lock-step only; the pair is \(supervisor.state.rawValue)")
+        }
     }
 }

@@ -78,18 +78,77 @@ final class PairStateMachineTests: XCTestCase {
                        [.stopReplication, .persist, .claimFromWitness(epoch: 2, reason: .heartbeatLost)])
     }
 
-    func testFailbackSwapsRoles() {
-        var machine = lockstep(.primary)
-        XCTAssertEqual(machine.handle(.operatorFailback), [.persist, .swapRoles])
-        XCTAssertEqual(machine.role, .secondary)
-        XCTAssertEqual(machine.state, .lockstep)
+    /// Failback: the primary hands over at a checkpoint, the secondary
+    /// claims the pair from the witness, takes over, and the old primary
+    /// comes back as its secondary through a resync nobody has to start.
+    func testFailbackSwapsRolesThroughAHandover() {
+        var primary = lockstep(.primary, epoch: 4)
+        var secondary = lockstep(.secondary, epoch: 4)
+        XCTAssertEqual(secondary.handle(.operatorFailback), [], "the primary leads a failback")
+        XCTAssertEqual(primary.handle(.operatorFailback), [.persist, .handOver])
+        XCTAssertEqual(primary.state, .handingOver)
+
+        XCTAssertEqual(secondary.handle(.handoverRequested),
+                       [.stopReplication, .persist, .claimFromWitness(epoch: 5, reason: .handover)])
+        XCTAssertEqual(secondary.handle(.witnessGranted(epoch: 5)),
+                       [.persist, .acceptHandover(epoch: 5), .takeOver])
+        XCTAssertEqual(secondary.role, .primary)
+        XCTAssertEqual(secondary.state, .alone)
+
+        XCTAssertEqual(primary.handle(.handoverAccepted(epoch: 5)), [.stopReplication, .persist, .standDown])
+        XCTAssertEqual(primary.role, .secondary)
+        XCTAssertEqual(primary.state, .waiting)
+        XCTAssertEqual(primary.epoch, 5)
+
+        // The old primary connects as a fresh secondary: both sync.
+        XCTAssertEqual(secondary.handle(.peerConnected(peerEpoch: 5)), [.persist, .startSync])
+        XCTAssertEqual(secondary.state, .resyncing)
+        XCTAssertEqual(primary.handle(.peerConnected(peerEpoch: 5)), [.persist, .startSync])
+        XCTAssertEqual(secondary.handle(.syncCompleted), [.persist, .startLockstep])
+        // Only that once: a later lost partner waits for an operator's resync.
+        _ = secondary.handle(.peerLost)
+        _ = secondary.handle(.witnessGranted(epoch: 6))
+        XCTAssertEqual(secondary.state, .alone)
+        XCTAssertEqual(secondary.handle(.peerConnected(peerEpoch: 6)), [])
+    }
+
+    func testAFailbackTheWitnessRefusesLeavesThePairAsItWas() {
+        var primary = lockstep(.primary, epoch: 1)
+        var secondary = lockstep(.secondary, epoch: 1)
+        _ = primary.handle(.operatorFailback)
+        _ = secondary.handle(.handoverRequested)
+        XCTAssertEqual(secondary.handle(.witnessRefused("the witness could not be asked")),
+                       [.persist, .declineHandover("the witness could not be asked"), .startLockstep])
+        XCTAssertEqual(secondary.state, .lockstep)
+        XCTAssertEqual(secondary.role, .secondary)
+        XCTAssertEqual(secondary.epoch, 1)
+        XCTAssertEqual(primary.handle(.handoverDeclined("the witness could not be asked")),
+                       [.persist, .resumeLockstep("the witness could not be asked")])
+        XCTAssertEqual(primary.state, .lockstep)
+        XCTAssertEqual(primary.role, .primary)
+    }
+
+    func testAPrimaryWhoseSecondaryVanishesDuringAHandoverCarriesOnAlone() {
+        var primary = lockstep(.primary, epoch: 1)
+        _ = primary.handle(.operatorFailback)
+        XCTAssertEqual(primary.handle(.peerLost),
+                       [.stopReplication, .persist, .claimFromWitness(epoch: 2, reason: .heartbeatLost)])
+        XCTAssertEqual(primary.handle(.witnessGranted(epoch: 2)), [.persist, .continueAlone])
+        XCTAssertEqual(primary.role, .primary)
+        // A stale acceptance (an older epoch) changes nothing.
+        var other = lockstep(.primary, epoch: 3)
+        _ = other.handle(.operatorFailback)
+        XCTAssertEqual(other.handle(.handoverAccepted(epoch: 3)), [])
+        XCTAssertEqual(other.state, .handingOver)
     }
 
     func testEventsThatDoNotApplyChangeNothing() {
         var machine = PairStateMachine(role: .primary)
         let before = machine
         for event: PairStateMachine.Event in [.syncCompleted, .peerLost, .operatorFailover, .operatorResync,
-                                              .witnessGranted(epoch: 1), .witnessRefused("x"), .operatorFailback] {
+                                              .witnessGranted(epoch: 1), .witnessRefused("x"), .operatorFailback,
+                                              .handoverRequested, .handoverAccepted(epoch: 1),
+                                              .handoverDeclined("x")] {
             XCTAssertEqual(machine.handle(event), [], "\(event)")
             XCTAssertEqual(machine, before)
         }

@@ -147,6 +147,38 @@ final class PairSupervisorTests: XCTestCase {
         XCTAssertEqual(alphaActions.calls.suffix(2), ["stopReplication", "continueAlone"])
     }
 
+    /// Failback over the real link and witness: the primary hands over,
+    /// the secondary (told by its actuator that the last checkpoint is
+    /// loaded) claims the pair and answers; the old primary stands down,
+    /// and the new primary resyncs it as its secondary with no operator.
+    func testFailbackSwapsTheRolesAndResyncsTheOldPrimary() throws {
+        let witness = try startWitness()
+        let (a, b) = ports()
+        let alphaActions = RecordingActuator(), betaActions = RecordingActuator()
+        let alpha = try supervisor(try configuration(host: "alpha", role: "primary", listen: a, peer: b,
+                                                     witness: witness), alphaActions)
+        let beta = try supervisor(try configuration(host: "beta", role: "secondary", listen: b, peer: a,
+                                                    witness: witness), betaActions)
+        defer { alpha.stop(); beta.stop() }
+        wait("lock-step") { alpha.state == .lockstep && beta.state == .lockstep }
+        XCTAssertFalse(beta.operatorFailback(), "the primary leads a failback")
+        XCTAssertTrue(alpha.operatorFailback())
+        wait("the last checkpoint") { alphaActions.calls.last == "handOver" }
+        XCTAssertEqual(alpha.state, .handingOver)
+        beta.handoverRequested()
+        wait("roles swapped and back in lock-step") {
+            alpha.state == .lockstep && beta.state == .lockstep && alpha.role == .secondary
+        }
+        XCTAssertEqual(beta.role, .primary)
+        XCTAssertEqual(alpha.report().epoch, 1)
+        XCTAssertEqual(beta.report().epoch, 1)
+        XCTAssertEqual(Array(alphaActions.calls.suffix(5)),
+                       ["handOver", "stopReplication", "standDown", "synchronize(secondary)", "startLockstep(secondary)"])
+        XCTAssertEqual(Array(betaActions.calls.suffix(4)),
+                       ["stopReplication", "takeOver", "synchronize(primary)", "startLockstep(primary)"])
+        XCTAssertFalse(betaActions.calls.contains("fence"), "\(betaActions.calls)")
+    }
+
     func testPeersOfDifferentPairsOrKeysNeverConnect() throws {
         let (a, b) = ports()
         let primary = try supervisor(try configuration(host: "alpha", role: "primary", listen: a, peer: b,
@@ -182,6 +214,12 @@ final class RecordingActuator: PairActuator, @unchecked Sendable {
     func takeOver() { record("takeOver") }
     func continueAlone() { record("continueAlone") }
     func fence(reason: String) { record("fence(\(reason))") }
+    func handOver() -> Result<Void, SupervisionError> {
+        record("handOver")
+        return .success(())
+    }
+    func standDown() { record("standDown") }
+    func resumeLockstep() { record("resumeLockstep") }
     func inbound(channel: String, fd: Int32) {
         record("inbound(\(channel))")
         close(fd)

@@ -216,9 +216,6 @@ def test_status_reports_checkpoints_and_metrics(pair):
     assert report.get("checkpoints_per_minute", 0) > 0, report
     print(f"status after 5 s of requests: {json.dumps(report)}")
 
-    # failback is refused (not built yet), and says what to do instead.
-    result = pair.coloctl("failback", "--runtime-dir", str(pair.dir / "host-a" / "run"))
-    assert result.returncode == 4 and "failover" in result.stderr, result
     # An operator's failover on the secondary: it claims the pair from the
     # witness, then drops the link; the old primary claims too, is refused
     # and fences itself: one primary.
@@ -230,6 +227,38 @@ def test_status_reports_checkpoints_and_metrics(pair):
     assert pair.report("b").get("failovers") == 1 or pair.report("b").get("failovers") == "1", pair.report("b")
     summary = run_client_through(pair, lambda: None, seconds=3, at=0, fresh=False)
     assert summary["requests"] > 5
+
+
+def test_failback_swaps_the_roles_and_back_with_the_connection(pair):
+    """`coloctl failback` on the primary: a last checkpoint, the secondary
+    takes the pair over (a new epoch from the witness) with the client's
+    connection, and resyncs the old primary as its secondary; run again on
+    the new primary, it swaps the roles back. The client's one connection
+    and its counter carry on through both."""
+    run_dir = {host: str(pair.dir / f"host-{host}" / "run") for host in ("a", "b")}
+    refused = pair.coloctl("failback", "--runtime-dir", run_dir["b"])
+    assert refused.returncode == 4 and "primary" in refused.stderr, refused
+    client = pair.client(25)
+    time.sleep(3)
+    epochs = []
+    for primary, secondary in (("a", "b"), ("b", "a")):
+        t0 = time.monotonic()
+        result = pair.coloctl("failback", "--runtime-dir", run_dir[primary], "--wait-timeout", "120", timeout=180)
+        took = time.monotonic() - t0
+        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{pair.logs()}"
+        assert "this host is the secondary" in result.stdout, result.stdout
+        pair.wait_for(lambda: pair.report(secondary).get("state") == "lockstep", 30, f"host {secondary} in lock-step")
+        assert pair.report(secondary)["host_role"] == "primary", pair.report(secondary)
+        assert pair.report(primary)["host_role"] == "secondary", pair.report(primary)
+        epochs.append(int(pair.report(secondary)["epoch"]))
+        print(f"failback {primary} -> {secondary}: lock-step again after {took:.1f}s")
+        time.sleep(3)
+    assert epochs[1] == epochs[0] + 1, epochs
+    out, _ = client.communicate(timeout=90)
+    summary = json.loads(out.strip().splitlines()[-1])
+    print(f"two failbacks on one connection: {summary}")
+    assert summary["connection_kept"] and summary["counts_consecutive"], f"{summary}\n{pair.logs()}"
+    assert summary["first_count"] == 1, summary
 
 
 def test_resync_to_a_fresh_secondary_then_a_second_failover(pair):

@@ -2,4 +2,4 @@
 
 /// The fingerprint (scripts/proto-hash.sh) of the Proto/ sources this
 /// directory was generated from; a test compares it with Proto/ as it is now.
-package let generatedFromProtoSourcesSHA256 = "6b90063941af2fce8f01af222d31c0440a1885f0d76dd25c1e4255b53f4447d8"
+package let generatedFromProtoSourcesSHA256 = "1f1dd792e131933d175d6e0c6fdd1cff589b68c21a2107a655a7f33c20c2da04"

@@ -219,6 +219,22 @@ public nonisolated struct ColoBlockdServeNbdRequest: Sendable {
   fileprivate var _listener: ColoFdRef? = nil
 }
 
+/// Closes disk `name`, so that it can be opened again in another role (an
+/// old primary coming back as a fresh secondary). Refused while a guest is
+/// attached to it; a replication partner is disconnected; the images are
+/// closed. Replies with BlockdStatus (the disks left open).
+public nonisolated struct ColoBlockdCloseDiskRequest: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var name: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct ColoBlockdStatusRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -583,6 +599,36 @@ nonisolated extension ColoBlockdServeNbdRequest: SwiftProtobuf.Message, SwiftPro
 
   public static func ==(lhs: ColoBlockdServeNbdRequest, rhs: ColoBlockdServeNbdRequest) -> Bool {
     if lhs._listener != rhs._listener {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension ColoBlockdCloseDiskRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".BlockdCloseDiskRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: ColoBlockdCloseDiskRequest, rhs: ColoBlockdCloseDiskRequest) -> Bool {
+    if lhs.name != rhs.name {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

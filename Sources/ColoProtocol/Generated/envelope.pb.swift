@@ -265,6 +265,14 @@ public nonisolated struct ColoRequest: Sendable {
     set {body = .blockdStatus(newValue)}
   }
 
+  public var blockdCloseDisk: ColoBlockdCloseDiskRequest {
+    get {
+      if case .blockdCloseDisk(let v)? = body {return v}
+      return ColoBlockdCloseDiskRequest()
+    }
+    set {body = .blockdCloseDisk(newValue)}
+  }
+
   public var proxyAttach: ColoProxyAttach {
     get {
       if case .proxyAttach(let v)? = body {return v}
@@ -391,6 +399,7 @@ public nonisolated struct ColoRequest: Sendable {
     case blockdFailover(ColoBlockdFailoverRequest)
     case blockdServeNbd(ColoBlockdServeNbdRequest)
     case blockdStatus(ColoBlockdStatusRequest)
+    case blockdCloseDisk(ColoBlockdCloseDiskRequest)
     case proxyAttach(ColoProxyAttach)
     case proxyCheckpointDone(ColoProxyCheckpointDone)
     case proxyPassThrough(ColoProxyPassThrough)
@@ -661,7 +670,7 @@ fileprivate nonisolated let _protobuf_package = "colo.control"
 
 nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{3}checkpoint_receive\0\u{3}checkpoint_refuse\0\u{4}^\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{3}proxy_replace_guest\0\u{4}_\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{4}^\u{1}host_status\0\u{3}pair_status\0\u{3}pair_checkpoint\0\u{3}pair_failover\0\u{3}pair_resync\0\u{3}pair_failback\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{3}fd_count\0\u{2}\u{8}status\0\u{3}sandbox_probe\0\u{4}Y\u{1}vm_create\0\u{3}vm_stop\0\u{3}vm_status\0\u{3}console_attach\0\u{4}\u{7}vm_pause\0\u{3}vm_resume\0\u{3}vm_dirty_log_sync\0\u{3}vm_state_save\0\u{3}vm_state_load\0\u{3}vm_guest_memory\0\u{3}vm_prepare_incoming\0\u{4}T\u{1}checkpoint_attach\0\u{3}checkpoint_send_pages\0\u{3}checkpoint_take\0\u{3}checkpoint_commit\0\u{3}checkpoint_status\0\u{3}checkpoint_receive\0\u{3}checkpoint_refuse\0\u{4}^\u{1}proxy_attach\0\u{3}proxy_checkpoint_done\0\u{3}proxy_pass_through\0\u{3}proxy_counters\0\u{3}proxy_capture\0\u{3}proxy_replace_guest\0\u{4}_\u{1}blockd_open_disk\0\u{3}blockd_attach_guest\0\u{3}blockd_attach_link\0\u{3}blockd_checkpoint\0\u{3}blockd_failover\0\u{3}blockd_serve_nbd\0\u{3}blockd_status\0\u{3}blockd_close_disk\0\u{4}]\u{1}host_status\0\u{3}pair_status\0\u{3}pair_checkpoint\0\u{3}pair_failover\0\u{3}pair_resync\0\u{3}pair_failback\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1100,6 +1109,19 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.body = .blockdStatus(v)
         }
       }()
+      case 407: try {
+        var v: ColoBlockdCloseDiskRequest?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .blockdCloseDisk(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .blockdCloseDisk(v)
+        }
+      }()
       case 500: try {
         var v: ColoHostStatusRequest?
         var hadOneofValue = false
@@ -1326,6 +1348,10 @@ nonisolated extension ColoRequest: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .blockdStatus?: try {
       guard case .blockdStatus(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 406)
+    }()
+    case .blockdCloseDisk?: try {
+      guard case .blockdCloseDisk(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 407)
     }()
     case .hostStatus?: try {
       guard case .hostStatus(let v)? = self.body else { preconditionFailure() }

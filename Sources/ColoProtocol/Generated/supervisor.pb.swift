@@ -107,6 +107,9 @@ public nonisolated struct PeerHeartbeat: Sendable {
 ///             primary is sending, loads the device state, empties its disk
 ///             overlays, tells proxyd, and resumes; StepDone when loaded. The
 ///             first checkpoint after a sync completes the live migration.
+/// handover:   a checkpoint like the above after which the primary keeps its
+///             VM paused (failback): once it is loaded the secondary claims
+///             the pair from the witness and answers with `Handover`.
 public nonisolated struct PeerStepRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -123,6 +126,7 @@ public nonisolated struct PeerStepRequest: Sendable {
     case unspecified // = 0
     case sync // = 1
     case checkpoint // = 2
+    case handover // = 3
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -134,6 +138,7 @@ public nonisolated struct PeerStepRequest: Sendable {
       case 0: self = .unspecified
       case 1: self = .sync
       case 2: self = .checkpoint
+      case 3: self = .handover
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -143,6 +148,7 @@ public nonisolated struct PeerStepRequest: Sendable {
       case .unspecified: return 0
       case .sync: return 1
       case .checkpoint: return 2
+      case .handover: return 3
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -152,6 +158,7 @@ public nonisolated struct PeerStepRequest: Sendable {
       .unspecified,
       .sync,
       .checkpoint,
+      .handover,
     ]
 
   }
@@ -172,6 +179,26 @@ public nonisolated struct PeerStepDone: Sendable {
 
   /// How long the secondary's part took, in microseconds.
   public var durationUs: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The secondary's answer to a handover, after its StepDone: `accepted` when
+/// the witness granted it the pair for `epoch` (it is the primary from now
+/// on and the old primary becomes its secondary); otherwise `reason` says why
+/// the pair stays as it was.
+public nonisolated struct PeerHandover: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var accepted: Bool = false
+
+  public var epoch: UInt64 = 0
+
+  public var reason: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -217,6 +244,14 @@ public nonisolated struct PeerMessage: Sendable {
     set {body = .stepDone(newValue)}
   }
 
+  public var handover: PeerHandover {
+    get {
+      if case .handover(let v)? = body {return v}
+      return PeerHandover()
+    }
+    set {body = .handover(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -224,6 +259,7 @@ public nonisolated struct PeerMessage: Sendable {
     case heartbeat(PeerHeartbeat)
     case stepRequest(PeerStepRequest)
     case stepDone(PeerStepDone)
+    case handover(PeerHandover)
 
   }
 
@@ -398,7 +434,7 @@ nonisolated extension PeerStepRequest: SwiftProtobuf.Message, SwiftProtobuf._Mes
 }
 
 nonisolated extension PeerStepRequest.Step: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STEP_UNSPECIFIED\0\u{1}STEP_SYNC\0\u{1}STEP_CHECKPOINT\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0STEP_UNSPECIFIED\0\u{1}STEP_SYNC\0\u{1}STEP_CHECKPOINT\0\u{1}STEP_HANDOVER\0")
 }
 
 nonisolated extension PeerStepDone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
@@ -441,9 +477,49 @@ nonisolated extension PeerStepDone: SwiftProtobuf.Message, SwiftProtobuf._Messag
   }
 }
 
+nonisolated extension PeerHandover: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Handover"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}accepted\0\u{1}epoch\0\u{1}reason\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBoolField(value: &self.accepted) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.epoch) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.reason) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.accepted != false {
+      try visitor.visitSingularBoolField(value: self.accepted, fieldNumber: 1)
+    }
+    if self.epoch != 0 {
+      try visitor.visitSingularUInt64Field(value: self.epoch, fieldNumber: 2)
+    }
+    if !self.reason.isEmpty {
+      try visitor.visitSingularStringField(value: self.reason, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: PeerHandover, rhs: PeerHandover) -> Bool {
+    if lhs.accepted != rhs.accepted {return false}
+    if lhs.epoch != rhs.epoch {return false}
+    if lhs.reason != rhs.reason {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
 nonisolated extension PeerMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Message"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}heartbeat\0\u{3}step_request\0\u{3}step_done\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}hello\0\u{1}heartbeat\0\u{3}step_request\0\u{3}step_done\0\u{1}handover\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -503,6 +579,19 @@ nonisolated extension PeerMessage: SwiftProtobuf.Message, SwiftProtobuf._Message
           self.body = .stepDone(v)
         }
       }()
+      case 5: try {
+        var v: PeerHandover?
+        var hadOneofValue = false
+        if let current = self.body {
+          hadOneofValue = true
+          if case .handover(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.body = .handover(v)
+        }
+      }()
       default: break
       }
     }
@@ -529,6 +618,10 @@ nonisolated extension PeerMessage: SwiftProtobuf.Message, SwiftProtobuf._Message
     case .stepDone?: try {
       guard case .stepDone(let v)? = self.body else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    }()
+    case .handover?: try {
+      guard case .handover(let v)? = self.body else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
     }()
     case nil: break
     }
