@@ -225,6 +225,21 @@ def test_block_service_for_vmmd(blockd):
     os.close(ram)
     assert colo_proto.status(blockd.sock).state.startswith("serving")
 
+    # An old primary becoming a secondary closes the disk (refused while a
+    # guest is attached) and opens the same image in the other role.
+    vmm = attach_guest(blockd.sock, "disk0")
+    wait_for(lambda: disk_info(blockd.sock, "disk0").guest_attached, what="the guest attached")
+    close = lambda: call(blockd.sock, blockd_close_disk=blockd_pb2.BlockdCloseDiskRequest(name="disk0"))
+    refused = close()
+    assert refused.WhichOneof("body") == "error" and "guest is attached" in refused.error.message, refused
+    vmm.close()
+    wait_for(lambda: close().WhichOneof("body") == "blockd_status", what="the disk to close once the guest left")
+    unknown = close()
+    assert unknown.WhichOneof("body") == "error" and "no disk named" in unknown.error.message, unknown
+    reopened = open_disk(blockd.sock, "disk0", SECONDARY, image, active=blockd.dir / "active",
+                         hidden=blockd.dir / "hidden")
+    assert reopened.role == SECONDARY and reopened.capacity_bytes == size
+
 
 def random_workload(rng, primary, secondary_view, size, rounds, model):
     """Primary writes/flushes/trims and secondary-guest writes; updates the
