@@ -71,11 +71,14 @@ public final class DeviceEventLoop: @unchecked Sendable {
         }
     }
 
-    /// Ends the loop and waits for its thread to finish.
+    /// Ends the loop, waits for its thread to finish and lets go of the
+    /// sources: a source's wake-up closure holds the loop, so keeping them
+    /// would keep a stopped VM's devices, RAM and fds alive for good.
     public func stop() {
         lock.withLock { stopping = true }
         wake()
         finished.wait()
+        lock.withLock { sources.removeAll() }
     }
 
     private func run() {

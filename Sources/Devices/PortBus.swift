@@ -53,6 +53,13 @@ public final class PortBus: @unchecked Sendable {
         }
     }
 
+    /// Lets go of every device, when the machine goes: a device that maps
+    /// its own window (a PCI BAR) holds the bus, so the two would otherwise
+    /// keep each other, and the guest RAM and fds behind them, alive.
+    public func removeAll() {
+        lock.withLock { windows.removeAll() }
+    }
+
     private func window(for port: UInt16) -> Window? {
         lock.withLock { windows.first { $0.contains(port) } }
     }

@@ -218,6 +218,13 @@ public final class VirtualMachine: @unchecked Sendable {
         }
     }
 
+    deinit {
+        // The device graph has cycles (a BAR maps itself on the bus the
+        // transport holds): break them, so RAM, KVM fds and backend sockets
+        // go with the machine.
+        ports.removeAll()
+    }
+
     /// Stops the VM (if it runs) and waits until every thread is done.
     public func stop() {
         let wasRunning = lifecycle.withLock { started != nil }
