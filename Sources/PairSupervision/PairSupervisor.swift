@@ -68,6 +68,11 @@ public final class PairSupervisor: Sendable {
         /// While handing over: when the primary stops waiting for the
         /// secondary's answer and resumes.
         var handoverDeadline: ContinuousClock.Instant?
+        /// Failed syncs in a row, and when the link may be tried again: a
+        /// sync that keeps failing (a misconfigured peer) is retried at
+        /// growing intervals, not in a tight loop.
+        var failedSyncs = 0
+        var nextAttempt: ContinuousClock.Instant?
     }
 
     private let configuration: HostConfiguration
@@ -199,8 +204,19 @@ public final class PairSupervisor: Sendable {
                     return
                 }
                 switch actuator.synchronize(as: role, session: session) {
-                case .success: handle(.syncCompleted)
-                case .failure(let error): handle(.syncFailed("\(error)"))
+                case .success:
+                    shared.withLock { $0.failedSyncs = 0 }
+                    handle(.syncCompleted)
+                case .failure(let error):
+                    let delay = shared.withLock { shared -> Duration in
+                        shared.failedSyncs += 1
+                        let delay = min(Duration.seconds(1) * (1 << min(shared.failedSyncs - 1, 5)), .seconds(30))
+                        shared.nextAttempt = .now.advanced(by: delay)
+                        return delay
+                    }
+                    logger.warning("sync failed; the link is tried again in \(delay)", metadata: metadata(event: "sync_retry")
+                        .merging(["error": "\(error)", "retry_in_ms": "\(delay.milliseconds)"]) { $1 })
+                    handle(.syncFailed("\(error)"))
                 }
             }
         case .startLockstep:
@@ -306,6 +322,10 @@ public final class PairSupervisor: Sendable {
         while running {
             let state = shared.withLock { $0.machine.state }
             if state == .fenced { return }
+            if let next = shared.withLock({ $0.nextAttempt }), ContinuousClock.now < next {
+                usleep(100_000)
+                continue
+            }
             guard let session = connect(state: state) else {
                 usleep(200_000)
                 continue
