@@ -53,25 +53,3 @@ final class Gate: @unchecked Sendable {
         return try body()
     }
 }
-
-/// A plain mutex whose critical sections may throw typed errors and
-/// return non-Sendable values (Synchronization's Mutex requires `sending`
-/// results, which rules out generic bodies).
-final class Lock: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-
-    init() {
-        pthread_mutex_init(mutex, nil)
-    }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
-    }
-}

@@ -1,5 +1,6 @@
 import BlockDevice
 import BlockImages
+import ControlSocket
 
 /// The secondary's disk stack (DESIGN.md section 6):
 ///
@@ -18,7 +19,7 @@ public final class SecondaryDisk: Sendable {
     public let secondary: RawImage
     public let active: OverlayImage
     public let hidden: OverlayImage
-    let lock = Lock()
+    let lock = ThreadLock()
     /// Set at failover: the old primary's writes are refused from then on.
     private nonisolated(unsafe) var fenced = false
     /// Set (under the lock) when an early-acknowledged write failed.

@@ -60,3 +60,38 @@ public final class WakeupPipe: Sendable {
     }
 
 }
+
+/// A plain mutex (glibc's: a waiter sleeps on a futex and the unlocking
+/// thread just wakes it) for sections that may block or run long, such
+/// as holding a socket's turn to read across a blocking `recv`.
+/// Synchronization's `Mutex` on Linux is a priority-inheritance futex:
+/// every contended unlock enters the kernel to hand the lock over, which
+/// made a lock passed around with each request several times slower.
+/// Bodies may throw typed errors and return non-Sendable values.
+public final class ThreadLock: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    public init() {
+        pthread_mutex_init(mutex, nil)
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    public func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+
+    /// For a hold that ends somewhere a closure cannot show; pair with `unlock`.
+    public func lock() {
+        pthread_mutex_lock(mutex)
+    }
+
+    public func unlock() {
+        pthread_mutex_unlock(mutex)
+    }
+}

@@ -1,3 +1,4 @@
+import ControlSocket
 import Glibc
 import Synchronization
 
@@ -12,7 +13,9 @@ public final class NBDSocket: @unchecked Sendable {
     private let buffer: UnsafeMutableRawBufferPointer
     private var start = 0
     private var end = 0
-    private let sendLock = Mutex(())
+    /// Held across `sendmsg`, which may block: a plain mutex, not a
+    /// spinning one.
+    private let sendLock = ThreadLock()
     private let closed = Atomic<Bool>(false)
 
     /// Adopts `fd`; the socket closes it.
@@ -64,14 +67,6 @@ public final class NBDSocket: @unchecked Sendable {
         }
     }
 
-    /// True when more bytes can be read without waiting (buffered here or
-    /// queued in the kernel): the peer has pipelined another request.
-    public var hasPendingInput: Bool {
-        if end > start { return true }
-        var byte: UInt8 = 0
-        return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) > 0
-    }
-
     public func read(_ count: Int) throws(NBDProtocolError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         try bytes.withUnsafeMutableBytes { destination in
@@ -107,8 +102,8 @@ public final class NBDSocket: @unchecked Sendable {
     /// Sends `header` then `payload` (if any) as one message.
     public func send(_ header: [UInt8], payload: UnsafeRawBufferPointer? = nil) throws(NBDProtocolError) {
         try header.withUnsafeBytes { head in
-            sendLock.withLock { _ in
-                Result { () throws(NBDProtocolError) in
+            Result { () throws(NBDProtocolError) in
+                try sendLock.withLock { () throws(NBDProtocolError) in
                     try sendAll([head, payload ?? UnsafeRawBufferPointer(start: nil, count: 0)])
                 }
             }

@@ -29,6 +29,12 @@ struct NBDBenchmark: ParsableCommand {
     @Flag(help: "Only the replicated write latency and its baselines.")
     var latencyOnly = false
 
+    @Option(help: "Servers to measure, comma-separated (blockd, qemu-nbd, nbdkit): one alone for profiling.")
+    var servers = "qemu-nbd,nbdkit,blockd"
+
+    @Option(help: "Figures to measure, comma-separated (seq-read, seq-write, rand-read, rand-write).")
+    var figures = "seq-read,seq-write,rand-read,rand-write"
+
     func run() throws {
         LoggingSystem.bootstrap { _ in SwiftLogNoOpLogHandler() }
         let directory = "/tmp/colobench-nbd-\(getpid())"
@@ -53,27 +59,44 @@ struct NBDBenchmark: ParsableCommand {
                                "--shared=16", "--socket=\(directory)/qemu.sock", path]))
         children.append(spawn(["/usr/bin/nbdkit", "--foreground", "--unix", "\(directory)/nbdkit.sock", "file", path]))
 
+        let chosenServers = servers.split(separator: ",").map(String.init)
+        let allFigures = [("seq-read", true, false), ("seq-write", true, true), ("rand-read", false, false),
+                          ("rand-write", false, true)]
+        let chosenFigures = figures.split(separator: ",").map(String.init)
+        for name in chosenServers + chosenFigures
+        where !["blockd", "qemu-nbd", "nbdkit"].contains(name) && !allFigures.contains(where: { $0.0 == name }) {
+            throw ValidationError("unknown server or figure \(name)")
+        }
         print("image \(sizeMiB) MiB (page-cached raw file); client: blockd's NBD client over a Unix socket")
-        var results: [String: [Double]] = [:]
-        for (name, socketPath) in [("qemu-nbd", "qemu.sock"), ("nbdkit", "nbdkit.sock"), ("blockd", "blockd.sock")] {
+        var results: [String: [String: Double]] = [:]
+        for (name, socketPath) in [("qemu-nbd", "qemu.sock"), ("nbdkit", "nbdkit.sock"), ("blockd", "blockd.sock")]
+        where chosenServers.contains(name) {
             let connect = { () throws -> NBDClient in try NBDClient.connect(fd: try self.connectUnix("\(directory)/\(socketPath)"), export: "disk") }
             // Each figure starts with the file written back: the previous
             // figure's dirty pages must not slow the next server's run.
-            var figures: [Double] = []
-            for (sequentially, writing) in [(true, false), (true, true), (false, false), (false, true)] {
+            for (figure, sequentially, writing) in allFigures where chosenFigures.contains(figure) {
                 try image.flush()
-                figures.append(sequentially ? try sequential(connect, write: writing, size: size)
-                                            : try random(connect, write: writing, size: size))
+                results[name, default: [:]][figure] = sequentially ? try sequential(connect, write: writing, size: size)
+                                                                   : try random(connect, write: writing, size: size)
             }
-            results[name] = figures
         }
-        let labels = ["sequential read, 1 MiB requests (MiB/s)", "sequential write, 1 MiB requests (MiB/s)",
-                      "random read 4 KiB, QD \(queueDepth) (IOPS)", "random write 4 KiB, QD \(queueDepth) (IOPS)"]
-        for (index, label) in labels.enumerated() {
-            let ours = results["blockd"]![index], qemu = results["qemu-nbd"]![index], kit = results["nbdkit"]![index]
-            print("\(label): blockd \(Int(ours))  qemu-nbd \(Int(qemu))  nbdkit \(Int(kit))"
-                  + "  ratio vs qemu-nbd \(format(ours / qemu))x  vs nbdkit \(format(ours / kit))x")
+        let labels = ["seq-read": "sequential read, 1 MiB requests (MiB/s)",
+                      "seq-write": "sequential write, 1 MiB requests (MiB/s)",
+                      "rand-read": "random read 4 KiB, QD \(queueDepth) (IOPS)",
+                      "rand-write": "random write 4 KiB, QD \(queueDepth) (IOPS)"]
+        for (figure, _, _) in allFigures where chosenFigures.contains(figure) {
+            var line = "\(labels[figure]!):"
+            for name in ["blockd", "qemu-nbd", "nbdkit"] {
+                if let value = results[name]?[figure] { line += " \(name) \(Int(value)) " }
+            }
+            if let ours = results["blockd"]?[figure] {
+                for name in ["qemu-nbd", "nbdkit"] {
+                    if let theirs = results[name]?[figure] { line += " ratio vs \(name) \(format(ours / theirs))x " }
+                }
+            }
+            print(line)
         }
+        guard chosenServers.count == 3, chosenFigures.count == allFigures.count else { return }
         try replicatedLatency(directory: directory, size: size)
     }
 
@@ -158,20 +181,36 @@ struct NBDBenchmark: ParsableCommand {
         try disk.replicate(to: try NBDClient.connect(fd: near, export: "disk"))
 
         let data = [UInt8](repeating: 0x3c, count: 4096)
+        // The baselines are sampled in turn with the replicated write, so
+        // the machine's load (other sessions compiling) weighs on all alike.
+        let echo = try EchoLink(pair: try tcpPair())
+        let writeBytes = NBDRequest.size + data.count
         var localSamples = LatencySamples(capacity: iterations)
+        var rttSamples = LatencySamples(capacity: iterations)
+        var writeRTTSamples = LatencySamples(capacity: iterations)
         var replicatedSamples = LatencySamples(capacity: iterations)
         var rng = SystemRandomNumberGenerator()
-        for index in 0..<(2 * iterations) {
+        for index in 0..<(4 * iterations) {
             let offset = UInt64.random(in: 0..<(size / 4096), using: &rng) * 4096
             let start = monotonicNanoseconds()
-            if index % 2 == 0 {
+            switch index % 4 {
+            case 0:
                 try local.write(data, at: offset)
                 localSamples.record(monotonicNanoseconds() - start)
-            } else {
+            case 1:
+                echo.roundTrip(out: 64, back: 64)
+                rttSamples.record(monotonicNanoseconds() - start)
+            case 2:
+                // What an NBD write puts on the wire: its header and data
+                // out, a simple reply back.
+                echo.roundTrip(out: writeBytes, back: 16)
+                writeRTTSamples.record(monotonicNanoseconds() - start)
+            default:
                 try disk.write(data, at: offset)
                 replicatedSamples.record(monotonicNanoseconds() - start)
             }
         }
+        echo.close()
         // What the secondary does after acknowledging (off the latency path):
         // copy-before-write plus the write, in process.
         var applySamples = LatencySamples(capacity: iterations)
@@ -182,34 +221,51 @@ struct NBDBenchmark: ParsableCommand {
             try apply.write(data, at: offset)
             applySamples.record(monotonicNanoseconds() - start)
         }
-        let rtt = try tcpRoundTrips(iterations)
-        let local50 = localSamples.percentile(0.5), rtt50 = rtt.percentile(0.5)
+        let local50 = localSamples.percentile(0.5), rtt50 = rttSamples.percentile(0.5)
+        let writeRTT50 = writeRTTSamples.percentile(0.5)
         let replicated50 = replicatedSamples.percentile(0.5), replicated99 = replicatedSamples.percentile(0.99)
         print("4 KiB local write:          p50 \(formatMicroseconds(local50))  (baseline)")
-        print("TCP loopback round trip:    p50 \(formatMicroseconds(rtt50))  (baseline)")
+        print("TCP loopback round trip:    p50 \(formatMicroseconds(rtt50))  (baseline, 64 B each way)")
+        print("TCP loopback round trip of a write's bytes (\(writeBytes) B out, 16 B back): p50 \(formatMicroseconds(writeRTT50))")
         print("secondary apply (copy-before-write + write, in process, after the reply): p50 \(formatMicroseconds(applySamples.percentile(0.5)))")
         print("4 KiB replicated write:     p50 \(formatMicroseconds(replicated50))  p99 \(formatMicroseconds(replicated99))"
-              + "  ratio p50 vs local + RTT \(format(replicated50 / (local50 + rtt50)))x  (goal ≤ 1.5x)")
+              + "  ratio p50 vs local + RTT \(format(replicated50 / (local50 + rtt50)))x  (goal ≤ 1.5x)"
+              + "  vs local + the write's RTT \(format(replicated50 / (local50 + writeRTT50)))x")
     }
 
-    private func tcpRoundTrips(_ count: Int) throws -> LatencySamples {
-        let (near, far) = try tcpPair()
-        spawnThread(name: "echo") {
-            var bytes = [UInt8](repeating: 0, count: 64)
-            while recv(far, &bytes, 64, Int32(MSG_WAITALL)) == 64 { _ = send(far, bytes, 64, Int32(MSG_NOSIGNAL)) }
-            close(far)
+    /// A TCP loopback connection whose far end a thread of this process
+    /// echoes: each message of `out` bytes is answered by `back` bytes.
+    private final class EchoLink: @unchecked Sendable {
+        private let near: Int32
+        private var message = [UInt8](repeating: 1, count: 64 << 10)
+
+        init(pair: (Int32, Int32)) throws {
+            near = pair.0
+            let far = pair.1
+            spawnThread(name: "echo") {
+                var bytes = [UInt8](repeating: 0, count: 64 << 10)
+                var header = (out: UInt32(0), back: UInt32(0))
+                while recv(far, &header, 8, Int32(MSG_WAITALL)) == 8,
+                      recv(far, &bytes, Int(header.out) - 8, Int32(MSG_WAITALL)) == Int(header.out) - 8 {
+                    _ = send(far, bytes, Int(header.back), Int32(MSG_NOSIGNAL))
+                }
+                Glibc.close(far)
+            }
         }
-        var samples = LatencySamples(capacity: count)
-        var message = [UInt8](repeating: 1, count: 64)
-        for _ in 0..<count {
-            let start = monotonicNanoseconds()
-            _ = send(near, message, 64, Int32(MSG_NOSIGNAL))
-            var got = 0
-            while got < 64 { got += recv(near, &message[got], 64 - got, 0) }
-            samples.record(monotonicNanoseconds() - start)
+
+        /// One round trip; the first 8 bytes out say the sizes.
+        func roundTrip(out: Int, back: Int) {
+            message.withUnsafeMutableBytes { bytes in
+                bytes.storeBytes(of: (UInt32(out), UInt32(back)), as: (UInt32, UInt32).self)
+                _ = send(near, bytes.baseAddress, out, Int32(MSG_NOSIGNAL))
+                var got = 0
+                while got < back { got += max(0, recv(near, bytes.baseAddress! + got, back - got, 0)) }
+            }
         }
-        close(near)
-        return samples
+
+        func close() {
+            Glibc.close(near)
+        }
     }
 
     // MARK: Sockets
