@@ -114,7 +114,7 @@ let package = Package(
         ]),
         // blockd's side of vmmd's virtio-blk data path (block.proto).
         .target(name: "GuestBlockService", dependencies: [
-            "BlockDevice", "BlockProtocol", "ColoProtocol", "ControlSocket", "CSupport",
+            "BlockDevice", "BlockProtocol", "ColoProtocol", "ControlSocket", "GuestMemory",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
@@ -244,6 +244,9 @@ let package = Package(
         .testTarget(name: "BlockReplicationTests", dependencies: ["BlockReplication", "BlockImages", "BlockDevice", "NBD"]),
         .testTarget(name: "VirtualMachineTests", dependencies: ["VirtualMachine", "ColoProtocol", "GuestMemory"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM"]),
+        .testTarget(name: "GuestMemoryTests", dependencies: [
+            "GuestMemory", "SharedMemory", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .testTarget(name: "LoadersTests", dependencies: ["Loaders", "GuestMemory"]),
         .testTarget(name: "DevicesTests", dependencies: [
             "Devices", "GuestMemory", "BlockProtocol", "ColoProtocol", "ControlSocket",

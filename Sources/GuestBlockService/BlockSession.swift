@@ -2,6 +2,7 @@ import BlockDevice
 import BlockProtocol
 import ColoProtocol
 import ControlSocket
+import GuestMemory
 import Logging
 import SystemPackage
 
@@ -54,7 +55,7 @@ public final class BlockSession: Sendable {
         }
     }
 
-    private func attach() throws(BlockSessionError) -> GuestMemoryMap {
+    private func attach() throws(BlockSessionError) -> GuestMemory {
         guard let (message, received) = try receive() else { throw .protocolViolation("closed before attach") }
         var fds = received
         defer { fds.forEach { try? $0.close() } }
@@ -64,7 +65,11 @@ public final class BlockSession: Sendable {
         let index = Int(attach.guestMemory.index)
         guard index < fds.count else { throw .badAttach("attach names fd \(index) but carries \(fds.count)") }
         let memoryFd = fds.remove(at: index)
-        let memory = try GuestMemoryMap(fd: memoryFd.rawValue, regions: attach.regions)
+        let regions = attach.regions.map {
+            GuestRegion(guestAddress: $0.guestAddress, size: $0.size, memfdOffset: $0.memfdOffset)
+        }
+        let memory: GuestMemory
+        do { memory = try GuestMemory(adopting: memoryFd, regions: regions) } catch { throw .badAttach("\(error)") }
         var attached = ColoBlockAttached()
         attached.capacityBytes = device.capacity
         attached.logicalBlockSize = 512
@@ -82,7 +87,7 @@ public final class BlockSession: Sendable {
     }
 
     /// Carries out one request; every failure becomes the completion's status.
-    func serve(_ request: ColoBlockRequest, memory: GuestMemoryMap) -> ColoBlockCompletion {
+    func serve(_ request: ColoBlockRequest, memory: GuestMemory) -> ColoBlockCompletion {
         var completion = ColoBlockCompletion()
         completion.id = request.id
         func fail(_ status: ColoBlockStatus, _ detail: String) -> ColoBlockCompletion {
@@ -95,7 +100,7 @@ public final class BlockSession: Sendable {
             var buffers: [UnsafeMutableRawBufferPointer] = []
             var total: UInt64 = 0
             for buffer in request.buffers {
-                guard let mapped = memory.buffer(at: buffer.guestAddress, length: buffer.length) else {
+                guard let mapped = try? memory.buffer(at: buffer.guestAddress, length: Int(buffer.length)) else {
                     return fail(.ioError, "buffer 0x\(String(buffer.guestAddress, radix: 16))+\(buffer.length) is outside guest RAM")
                 }
                 buffers.append(mapped)

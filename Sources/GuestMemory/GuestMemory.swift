@@ -23,20 +23,24 @@ public enum GuestMemoryError: Error, Sendable, Equatable, CustomStringConvertibl
     /// [address, address+length) is not inside one RAM region.
     case outsideRAM(address: UInt64, length: UInt64)
     case badSize(String)
+    /// Guest RAM handed over by another process that cannot be used safely
+    /// (not sealed against shrinking, regions that do not fit or overlap).
+    case unusable(String)
     case system(String, Errno)
 
     public var description: String {
         switch self {
         case let .outsideRAM(address, length):
             return "guest range 0x\(String(address, radix: 16))+0x\(String(length, radix: 16)) is outside RAM"
-        case let .badSize(detail): return detail
+        case let .badSize(detail), let .unusable(detail): return detail
         case let .system(call, errno): return "\(call): \(errno)"
         }
     }
 }
 
 /// Guest RAM: one size-sealed memfd, mapped once into this process and
-/// handed to KVM (and, as an fd, to the block service and checkpointd).
+/// handed to KVM (and, as an fd, to the block service and checkpointd,
+/// which map it with `init(adopting:regions:)`).
 ///
 /// Below 4 GiB the x86 address space needs a hole for devices, so RAM past
 /// `lowMemoryLimit` continues at 4 GiB; the memfd itself is contiguous.
@@ -87,6 +91,58 @@ public final class GuestMemory: @unchecked Sendable {
         deviceWrites = DirtyPageBitmap(pages: Int(size) / Self.pageSize)
     }
 
+    /// The most regions a handed-over RAM may have (a guest has two: below
+    /// the PCI hole and above 4 GiB).
+    public static let maxRegions = 64
+
+    /// Maps guest RAM another process created and handed over as `fd`
+    /// (this object now owns it), laid out as `regions` say: the block
+    /// service's view of vmmd's RAM. The memfd must be sealed against
+    /// shrinking, or its creator could truncate it under the mapping and
+    /// this process would die of SIGBUS at its next access; each region
+    /// must lie inside the memfd and none may overlap another, so every
+    /// guest address names exactly one byte of the file.
+    public init(adopting fd: FileDescriptor, regions: [GuestRegion]) throws(GuestMemoryError) {
+        memfd = Memfd(adopting: fd)
+        do throws(GuestMemoryError) {
+            let seals = colo_get_seals(fd.rawValue)
+            guard seals >= 0, seals & colo_seal_shrink != 0 else {
+                throw .unusable("the guest memory fd is not a memfd sealed against shrinking (F_SEAL_SHRINK)")
+            }
+            let fileSize: Int
+            do { fileSize = try memfd.size() } catch { throw .system("fstat guest memory", error) }
+            guard fileSize > 0 else { throw .unusable("the guest memory fd has no size") }
+            try Self.check(regions, fitting: UInt64(fileSize))
+            guard let mapping = mmap(nil, fileSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.rawValue, 0),
+                  mapping != MAP_FAILED else {
+                throw .system("mmap guest RAM", Errno(rawValue: errno))
+            }
+            base = mapping
+            size = UInt64(fileSize)
+        } catch {
+            try? fd.close()
+            throw error
+        }
+        self.regions = regions
+        deviceWrites = DirtyPageBitmap(pages: (Int(size) + Self.pageSize - 1) / Self.pageSize)
+    }
+
+    private static func check(_ regions: [GuestRegion], fitting fileSize: UInt64) throws(GuestMemoryError) {
+        guard !regions.isEmpty, regions.count <= maxRegions else {
+            throw .unusable("\(regions.count) memory regions (1-\(maxRegions) allowed)")
+        }
+        for (index, region) in regions.enumerated() {
+            let (guestEnd, guestOverflow) = region.guestAddress.addingReportingOverflow(region.size)
+            let (fileEnd, fileOverflow) = region.memfdOffset.addingReportingOverflow(region.size)
+            guard region.size > 0, !guestOverflow, !fileOverflow, fileEnd <= fileSize else {
+                throw .unusable("region at guest 0x\(String(region.guestAddress, radix: 16)) of \(region.size) bytes does not fit the memfd")
+            }
+            for other in regions[..<index] where region.guestAddress < other.guestEnd && other.guestAddress < guestEnd {
+                throw .unusable("regions at guest 0x\(String(other.guestAddress, radix: 16)) and 0x\(String(region.guestAddress, radix: 16)) overlap")
+            }
+        }
+    }
+
     deinit {
         munmap(base, Int(size))
         try? memfd.fd.close()
@@ -114,6 +170,14 @@ public final class GuestMemory: @unchecked Sendable {
             throw .outsideRAM(address: address, length: UInt64(max(length, 0)))
         }
         return base + Int(offset)
+    }
+
+    /// [address, address+length) in this process, for a peer that serves a
+    /// device from another process (the block service filling a read
+    /// buffer). Its writes are not recorded here: the device's owner in
+    /// vmmd records them in the RAM's own `deviceWrites` (`recordWrite`).
+    public func buffer(at address: UInt64, length: Int) throws(GuestMemoryError) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: try pointer(at: address, length: length), count: length)
     }
 
     /// The host pointer for writing [address, address+length); the pages
