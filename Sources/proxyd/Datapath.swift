@@ -30,7 +30,9 @@ struct DatapathConfiguration {
 ///                   guest -> engine (held);  peer -> engine (secondary's output)
 ///                   engine -> external (released), -> events (checkpoint requests)
 ///     secondary:    peer -> rewriter (ack) -> guest
-///                   guest -> rewriter (seq) -> peer
+///                   guest -> rewriter (seq) -> peer (held once the link is lost)
+///     take-over:    external backlog -> dropped; held -> external;
+///                   duplicate ACKs -> guest (fast retransmit)
 ///     pass-through: external <-> guest (through the rewriter on a former secondary)
 ///
 /// A survivor attached again as primary (resync) keeps its rewriter: its
@@ -48,6 +50,17 @@ final class Datapath: @unchecked Sendable {
     /// The secondary's rewriter; kept in the path after a failover, and
     /// handed on to the next datapath when the survivor is attached anew.
     private(set) var rewriter: SequenceRewriter?
+    /// The secondary's record of its guest's connections, for the take-over.
+    private var prompter: RetransmissionPrompter?
+    /// What the secondary guest sent after the peer link was lost: released
+    /// if this host takes over (the guest's output from then on is the
+    /// pair's), dropped otherwise.
+    private var outputSinceLinkLoss: [[UInt8]] = []
+    private var outputSinceLinkLossBytes = 0
+    private var outputSinceLinkLossDropped = 0
+    /// Bytes of guest output kept after the link was lost; beyond, frames
+    /// are dropped (TCP resends them).
+    private static let outputSinceLinkLossLimit = 4 << 20
     private let guestMAC: MACAddress?
     private let guestAddresses: [IPAddress]
     private var capture: Int32?
@@ -73,6 +86,7 @@ final class Datapath: @unchecked Sendable {
         events = configuration.events
         engine = ComparisonEngine(settings: configuration.settings)
         self.rewriter = configuration.role == .secondary ? SequenceRewriter() : rewriter
+        prompter = configuration.role == .secondary ? RetransmissionPrompter() : nil
         self.finished = finished
         guestMAC = configuration.guestMAC
         guestAddresses = configuration.guestAddresses
@@ -157,7 +171,12 @@ final class Datapath: @unchecked Sendable {
             case .secondary:
                 var frame = Array(bytes)
                 rewriter?.guestOutput(&frame, at: now)
-                link?.queue(frame, timestamp: wallClock)
+                prompter?.guestSegment(frame, at: now)
+                if let link {
+                    link.queue(frame, timestamp: wallClock)
+                } else {
+                    keepForTakeover(frame)
+                }
             default:
                 var frame = Array(bytes)
                 rewriter?.guestOutput(&frame, at: now)
@@ -204,6 +223,7 @@ final class Datapath: @unchecked Sendable {
                     engine.secondaryCheckpointMark()
                 case (.secondary, .frame(var frame, _)):
                     inbound += 1
+                    prompter?.peerSegment(frame, at: now)
                     rewriter?.guestInput(&frame, at: now)
                     guest?.queue(frame)
                 default:
@@ -321,6 +341,7 @@ final class Datapath: @unchecked Sendable {
                 drainEngine()
             case .secondary:
                 rewriter?.checkpointDone()
+                prompter?.checkpointDone()
                 link?.queueCheckpointMark(timestamp: wallClockNanoseconds())
                 flushLink()
             default:
@@ -339,7 +360,7 @@ final class Datapath: @unchecked Sendable {
             link?.close()
             link = nil
             role = .passThrough
-            if former == .secondary { announce() }
+            if former == .secondary { takeOver(at: now) }
             setState()
             logger.notice("pass-through", metadata: ["event": "pass_through", "former_role": "\(former)"])
         case let .replaceGuest(fd):
@@ -369,6 +390,43 @@ final class Datapath: @unchecked Sendable {
             logger.notice("detaching for a new attach", metadata: ["event": "detaching", "role": "\(role)"])
         }
         return .success(counters())
+    }
+
+    private func keepForTakeover(_ frame: [UInt8]) {
+        guard outputSinceLinkLossBytes + frame.count <= Self.outputSinceLinkLossLimit else {
+            outputSinceLinkLossDropped += 1
+            return
+        }
+        outputSinceLinkLoss.append(frame)
+        outputSinceLinkLossBytes += frame.count
+    }
+
+    /// A former secondary now serves alone: its guest's address moves here,
+    /// what the guest sent since the link was lost goes out, and the guest
+    /// is prompted to resend at once what the dead primary held back
+    /// (instead of after its retransmission timeout).
+    private func takeOver(at now: UInt64) {
+        // What waited on the external side while this host was secondary
+        // (broadcasts, flooded frames, queued for as long as it ran) the
+        // guest had through the primary's mirror: stale now.
+        let stale = external?.discardWaiting() ?? 0
+        announce()
+        let released = outputSinceLinkLoss.count
+        for frame in outputSinceLinkLoss { queueExternal(frame) }
+        outputSinceLinkLoss = []
+        outputSinceLinkLossBytes = 0
+        let prompts = prompter?.duplicateAcknowledgments() ?? []
+        for var frame in prompts {
+            rewriter?.guestInput(&frame, at: now)
+            guest?.queue(frame)
+        }
+        prompter = nil
+        let prompted = prompts.count / RetransmissionPrompter.duplicates
+        logger.notice("took over: \(released) frames held since the link was lost sent, \(prompted) connections prompted", metadata: [
+            "event": "takeover_output", "released_frames": "\(released)",
+            "dropped_frames": "\(outputSinceLinkLossDropped)", "stale_frames_dropped": "\(stale)",
+            "prompted_connections": "\(prompted)",
+        ])
     }
 
     private func announce() {

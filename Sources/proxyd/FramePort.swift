@@ -93,6 +93,15 @@ final class FramePort {
         }
     }
 
+    /// Reads and drops every frame waiting; how many there were.
+    func discardWaiting() -> Int {
+        var discarded = 0
+        while case let .frames(count) = read({ _ in }), count > 0 {
+            discarded += count
+        }
+        return discarded
+    }
+
     /// Queues one frame for the next `flush`.
     func queue(_ frame: UnsafeRawBufferPointer) {
         offsets.append(outgoing.count)

@@ -30,7 +30,8 @@ PORT = 7000
 
 class Server:
     """A line server in a namespace: answers "answer:<line>" (or, when
-    `diverge` is set, something else), in `chunks` writes."""
+    `diverge` is set, something else; nothing when `mute` is), in `chunks`
+    writes."""
 
     def __init__(self, ns, chunks: int = 1):
         self.listener = ns.socket()
@@ -39,6 +40,7 @@ class Server:
         self.listener.listen()
         self.chunks = chunks
         self.diverge = False
+        self.mute = False
         self.connections: list[socket.socket] = []
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
@@ -66,6 +68,8 @@ class Server:
             buffer += data
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
+                if self.mute:
+                    continue
                 reply = (b"different:" if self.diverge else b"answer:") + line + b"\n"
                 step = max(1, len(reply) // self.chunks)
                 for start in range(0, len(reply), step):
@@ -248,6 +252,41 @@ def test_secondary_takes_over_the_clients_connection(pair):
     for index in range(5):
         assert request(conn, b"after-%d" % index, timeout=10) == b"answer:after-%d\n" % index
     assert pair.secondary.counters().rewritten_frames > 0
+    conn.close()
+
+
+def test_take_over_sends_what_the_secondary_answered_while_the_link_was_down(pair):
+    """The primary dies with the secondary's answer in its comparison queue
+    (its own guest never answered). The secondary guest's TCP resends the
+    answer on its timer (0.2 s, 0.6 s, 1.4 s after the first) while its
+    proxyd has no link and no permission to serve yet; at the take-over
+    that retransmission goes out at once, instead of at the next timeout
+    (3 s), and the guest is prompted to resend what is outstanding."""
+    conn = pair.client.connect(("10.77.70.2", PORT))
+    assert request(conn, b"before") == b"answer:before\n"
+    pair.primary_server.mute = True
+    conn.sendall(b"lost\n")
+    time.sleep(0.05)
+    pair.primary.daemon.close()
+    pair.primary_server.close()
+    pair.primary_link.close()
+    time.sleep(1.6)
+    taken_over = time.monotonic()
+    reply = pair.secondary.call(proxy_pass_through={})
+    assert reply.WhichOneof("body") == "proxy_counters", reply
+    conn.settimeout(5)
+    answer = b""
+    while not answer.endswith(b"\n"):
+        data = conn.recv(65536)
+        assert data, "connection closed"
+        answer += data
+    waited = time.monotonic() - taken_over
+    assert answer == b"answer:lost\n"
+    assert waited < 0.5, f"the answer came {waited:.2f} s after the take-over:\n{pair.secondary.output()}"
+    log = pair.secondary.output()
+    assert "event=takeover_output" in log and "prompted_connections=1" in log, log
+    assert "released_frames=0" not in log, log
+    assert request(conn, b"after") == b"answer:after\n"
     conn.close()
 
 
