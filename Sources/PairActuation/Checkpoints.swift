@@ -159,28 +159,33 @@ extension GuestReplication {
     }
 
     /// The primary's lock-step loop: a checkpoint when proxyd asks, when an
-    /// operator asks, or when the maximum interval has passed.
+    /// operator asks, or when the maximum interval has passed. Between
+    /// them it sleeps until a trigger comes or a timed task is due (at most
+    /// 50 ms, to see the end of lock-step): the guests need the cores.
     func scheduleCheckpoints(run: UInt64) {
+        let interval = configuration.checkpoint.maxInterval
+        let backgroundInterval = max(interval / 8, .milliseconds(50))
         var last = ContinuousClock.now
-        var lastBackground = ContinuousClock.now
-        var lastCounters = ContinuousClock.now
-        let backgroundInterval = max(configuration.checkpoint.maxInterval / 8, .milliseconds(50))
+        var lastBackground = last
+        var lastCounters = last
         while inLockstep(run: run) {
-            let trigger = shared.withLock { shared -> CheckpointTrigger? in
-                defer { shared.pendingTrigger = nil }
-                return shared.pendingTrigger
+            let wake = min(last + interval, lastBackground + backgroundInterval, lastCounters + .seconds(1),
+                           ContinuousClock.now + .milliseconds(50))
+            let sleep = UInt64(max(0, (wake - ContinuousClock.now).microseconds)) * 1000
+            let trigger = checkpointTriggers.wait(deadline: monotonicNanoseconds() + sleep) { pending in
+                defer { pending = nil }
+                return pending
             }
-            let due = ContinuousClock.now - last >= configuration.checkpoint.maxInterval
-            guard let chosen = trigger ?? (due ? .periodic : nil) else {
-                if ContinuousClock.now - lastBackground >= backgroundInterval {
+            let now = ContinuousClock.now
+            guard let chosen = trigger ?? (now - last >= interval ? .periodic : nil) else {
+                if now - lastBackground >= backgroundInterval {
                     sendDirtyPagesInBackground()
                     lastBackground = ContinuousClock.now
                 }
-                if ContinuousClock.now - lastCounters >= .seconds(1) {
+                if now - lastCounters >= .seconds(1) {
                     recordCounters()
                     lastCounters = ContinuousClock.now
                 }
-                usleep(500)
                 continue
             }
             do {
@@ -248,10 +253,10 @@ extension GuestReplication {
     public func requestCheckpoint(timeout: Duration = .seconds(60)) throws(ActuationError) -> CheckpointRecord {
         let before = shared.withLock { shared -> UInt64? in
             guard shared.lockstep else { return nil }
-            shared.pendingTrigger = .operator
             return shared.lastCheckpoint?.sequence ?? 0
         }
         guard let before else { throw .state("checkpoints are taken in lock-step only") }
+        checkpointTriggers.withLock(notify: true) { $0 = .operator }
         let deadline = ContinuousClock.now.advanced(by: timeout)
         while ContinuousClock.now < deadline {
             if let record = shared.withLock({ $0.lastCheckpoint }), record.sequence > before { return record }

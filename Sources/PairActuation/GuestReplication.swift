@@ -35,7 +35,6 @@ public final class GuestReplication: PairActuator {
         var abandoned = false
         var proxyAttached = false
         var nextStep: UInt64 = 1
-        var pendingTrigger: CheckpointTrigger?
         /// The last checkpoint taken (an operator's request waits for the next).
         var lastCheckpoint: CheckpointRecord?
         /// A sync is waiting for the primary's data channels: only then
@@ -58,6 +57,9 @@ public final class GuestReplication: PairActuator {
     let tap: FileDescriptor
     let mailbox = PeerMailbox()
     let shared = Mutex(Shared())
+    /// A checkpoint asked for (by proxyd, by an operator) and not yet
+    /// taken: the primary's scheduler sleeps on it between its timed tasks.
+    let checkpointTriggers = Monitor<CheckpointTrigger?>(nil)
     /// Held for a whole checkpoint, and by failover before it acts.
     let checkpointLock = Mutex(())
 
@@ -327,7 +329,7 @@ public final class GuestReplication: PairActuator {
             switch proxyEvent.body {
             case .checkpointRequest(let request):
                 let trigger = CheckpointTrigger(request.reason)
-                shared.withLock { if $0.pendingTrigger == nil { $0.pendingTrigger = trigger } }
+                checkpointTriggers.withLock(notify: true) { if $0 == nil { $0 = trigger } }
             case .linkLost(let lost):
                 logger.warning("proxyd lost its peer link: \(lost.reason)", metadata: event("proxy_link_lost"))
             case .none:

@@ -1,10 +1,13 @@
 import ColoProtocol
+import ControlSocket
 import Glibc
-import Synchronization
+import PairSupervision
 
 /// What arrives from the peer for the replication to take in its own time:
 /// data connections by channel name, and step messages. Waits are bounded:
 /// a peer that never sends must not hold a host (DESIGN.md section 4).
+/// A waiter sleeps until something is delivered (no polling: on a machine
+/// whose cores run the guests, every wake-up is taken from them).
 final class PeerMailbox: Sendable {
     private struct Contents {
         var connections: [String: [Int32]] = [:]
@@ -13,18 +16,18 @@ final class PeerMailbox: Sendable {
         var requests: [(PeerStepRequest, ObjectIdentifier)] = []
         var answers: [UInt64: PeerStepDone] = [:]
     }
-    private let contents = Mutex(Contents())
+    private let contents = Monitor(Contents())
 
     func deliver(connection fd: Int32, channel: String) {
-        contents.withLock { $0.connections[channel, default: []].append(fd) }
+        contents.withLock(notify: true) { $0.connections[channel, default: []].append(fd) }
     }
 
     func deliver(_ request: PeerStepRequest, on session: ObjectIdentifier) {
-        contents.withLock { $0.requests.append((request, session)) }
+        contents.withLock(notify: true) { $0.requests.append((request, session)) }
     }
 
     func deliver(_ answer: PeerStepDone) {
-        contents.withLock { $0.answers[answer.sequence] = answer }
+        contents.withLock(notify: true) { $0.answers[answer.sequence] = answer }
     }
 
     /// The connection the peer dialled for `channel`.
@@ -65,17 +68,8 @@ final class PeerMailbox: Sendable {
 
     private func wait<T>(_ what: String, timeout: Duration,
                          _ take: (inout Contents) -> T?) throws(ActuationError) -> T {
-        let start = ContinuousClock.now
-        let deadline = start.advanced(by: timeout)
-        while true {
-            if let value = contents.withLock({ take(&$0) }) { return value }
-            let now = ContinuousClock.now
-            guard now < deadline else { throw .timedOut(what) }
-            // Answers that come within a checkpoint's pause are caught within
-            // tens of microseconds; an idle wait backs off to a millisecond.
-            let waited = (now - start).components
-            let micros = waited.seconds * 1_000_000 + waited.attoseconds / 1_000_000_000_000
-            usleep(UInt32(min(1000, 20 + micros / 100)))
-        }
+        let deadline = monotonicNanoseconds() + UInt64(max(0, timeout.microseconds)) * 1000
+        guard let value = contents.wait(deadline: deadline, until: take) else { throw .timedOut(what) }
+        return value
     }
 }
