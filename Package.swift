@@ -212,7 +212,7 @@ let package = Package(
         ]),
         // Benchmarks, each beside a baseline measured in the same run.
         .executableTarget(name: "colobench", dependencies: [
-            "ColoProtocol", "ControlSocket", "SharedMemory", "BlockDevice", "BlockImages", "BlockReplication", "NBD",
+            "ColoProtocol", "ControlSocket", "CSupport", "SharedMemory", "BlockDevice", "BlockImages", "BlockReplication", "NBD",
             "Checkpointing", "PeerAuthentication", "VirtualMachine", "KVM",
             "Packets", "PacketComparison", "SequenceRewriter",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -116,6 +116,13 @@ int colo_available_cpus(void) {
     return count > 0 ? count : 1;
 }
 
+int colo_pin_thread_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set);
+}
+
 int colo_poll_ns(struct pollfd *fds, unsigned long count, int64_t timeout_ns)
 {
     if (timeout_ns < 0)

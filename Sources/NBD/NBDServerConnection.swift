@@ -15,8 +15,10 @@ import Logging
 /// guest write) is served by the thread the kernel woke for it.
 ///
 /// Measured against a hand-off to worker threads (a reader queueing
-/// requests for two workers): random 4 KiB writes went from 0.6x to
-/// 1.2-2.5x qemu-nbd's IOPS (docs/PERFORMANCE.md, issue 8).
+/// requests for two workers), together with plain mutexes for the locks
+/// held across system calls: random 4 KiB writes went from 0.6x to about
+/// qemu-nbd's IOPS, sequential writes from 1.05x to about 2x
+/// (docs/PERFORMANCE.md, issue 8).
 final class NBDServerConnection: @unchecked Sendable {
     static let baseAllocationContextID: UInt32 = 1
 

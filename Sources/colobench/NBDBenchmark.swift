@@ -3,6 +3,7 @@ import BlockDevice
 import BlockImages
 import BlockReplication
 import ControlSocket
+internal import CSupport
 import Glibc
 import Logging
 import NBD
@@ -23,11 +24,17 @@ struct NBDBenchmark: ParsableCommand {
     @Option(help: "Seconds per throughput or IOPS figure.")
     var seconds = 3.0
 
+    @Option(help: "Turns per figure: the servers take turns of seconds/turns each, so load that drifts during the run weighs on all alike.")
+    var turns = 6
+
     @Option(help: "Requests in flight for the random 4 KiB figures.")
     var queueDepth = 8
 
     @Flag(help: "Only the replicated write latency and its baselines.")
     var latencyOnly = false
+
+    @Flag(help: "Replicated latency: run the primary's side on CPU 0 and the secondary's (its NBD server, the echo peer) on CPU 1, as on two hosts.")
+    var pinHosts = false
 
     @Option(help: "Servers to measure, comma-separated (blockd, qemu-nbd, nbdkit): one alone for profiling.")
     var servers = "qemu-nbd,nbdkit,blockd"
@@ -67,19 +74,35 @@ struct NBDBenchmark: ParsableCommand {
         where !["blockd", "qemu-nbd", "nbdkit"].contains(name) && !allFigures.contains(where: { $0.0 == name }) {
             throw ValidationError("unknown server or figure \(name)")
         }
-        print("image \(sizeMiB) MiB (page-cached raw file); client: blockd's NBD client over a Unix socket")
-        var results: [String: [String: Double]] = [:]
-        for (name, socketPath) in [("qemu-nbd", "qemu.sock"), ("nbdkit", "nbdkit.sock"), ("blockd", "blockd.sock")]
-        where chosenServers.contains(name) {
-            let connect = { () throws -> NBDClient in try NBDClient.connect(fd: try self.connectUnix("\(directory)/\(socketPath)"), export: "disk") }
-            // Each figure starts with the file written back: the previous
-            // figure's dirty pages must not slow the next server's run.
-            for (figure, sequentially, writing) in allFigures where chosenFigures.contains(figure) {
-                try image.flush()
-                results[name, default: [:]][figure] = sequentially ? try sequential(connect, write: writing, size: size)
-                                                                   : try random(connect, write: writing, size: size)
+        print("image \(sizeMiB) MiB (page-cached raw file); client: blockd's NBD client over a Unix socket;"
+              + " servers take \(max(turns, 1)) turns of \(format(seconds / Double(max(turns, 1)))) s per figure")
+        var amounts: [String: [String: (amount: Double, seconds: Double)]] = [:]
+        let sockets = [("qemu-nbd", "qemu.sock"), ("nbdkit", "nbdkit.sock"), ("blockd", "blockd.sock")]
+        for (figure, sequentially, writing) in allFigures where chosenFigures.contains(figure) {
+            for _ in 0..<max(turns, 1) {
+                for (name, socketPath) in sockets where chosenServers.contains(name) {
+                    let connect = { () throws -> NBDClient in
+                        try NBDClient.connect(fd: try self.connectUnix("\(directory)/\(socketPath)"), export: "disk")
+                    }
+                    // Each turn starts with the file written back: the previous
+                    // turn's dirty pages must not slow the next server's.
+                    try image.flush()
+                    let slice = seconds / Double(max(turns, 1))
+                    let measured = sequentially ? try sequential(connect, write: writing, size: size, for: slice)
+                                                : try random(connect, write: writing, size: size, for: slice)
+                    let sum = amounts[name, default: [:]][figure] ?? (0, 0)
+                    amounts[name, default: [:]][figure] = (sum.amount + measured.amount, sum.seconds + measured.seconds)
+                }
+                if figure == "rand-write" {
+                    // No server: the same writes by one thread of this process.
+                    try image.flush()
+                    let measured = try randomLocalWrites(image, size: size, for: seconds / Double(max(turns, 1)))
+                    let sum = amounts["pwrite", default: [:]][figure] ?? (0, 0)
+                    amounts["pwrite", default: [:]][figure] = (sum.amount + measured.amount, sum.seconds + measured.seconds)
+                }
             }
         }
+        let results = amounts.mapValues { $0.mapValues { $0.amount / $0.seconds } }
         let labels = ["seq-read": "sequential read, 1 MiB requests (MiB/s)",
                       "seq-write": "sequential write, 1 MiB requests (MiB/s)",
                       "rand-read": "random read 4 KiB, QD \(queueDepth) (IOPS)",
@@ -96,13 +119,19 @@ struct NBDBenchmark: ParsableCommand {
             }
             print(line)
         }
+        if let local = results["pwrite"]?["rand-write"] {
+            print("random write 4 KiB, pwrite by one thread of this process, no NBD (IOPS): \(Int(local))"
+                  + (results["blockd"]?["rand-write"].map { "  blockd / pwrite \(format($0 / local))x" } ?? ""))
+        }
         guard chosenServers.count == 3, chosenFigures.count == allFigures.count else { return }
         try replicatedLatency(directory: directory, size: size)
     }
 
     // MARK: Throughput
 
-    private func sequential(_ connect: () throws -> NBDClient, write: Bool, size: UInt64) throws -> Double {
+    /// MiB moved in about `duration` seconds, and the seconds it took.
+    private func sequential(_ connect: () throws -> NBDClient, write: Bool, size: UInt64,
+                            for duration: Double) throws -> (amount: Double, seconds: Double) {
         let client = try connect()
         defer { client.disconnect() }
         let chunk = 1 << 20
@@ -114,7 +143,7 @@ struct NBDBenchmark: ParsableCommand {
         var offset: UInt64 = 0
         // Four requests in flight, as a streaming copy keeps them.
         var inFlight: [NBDPendingRequest] = []
-        while Double(monotonicNanoseconds() - start) < seconds * 1e9 {
+        while Double(monotonicNanoseconds() - start) < duration * 1e9 {
             if write {
                 inFlight.append(try client.submit(.write, offset: offset, length: UInt32(chunk), payload: UnsafeRawBufferPointer(buffer)))
             } else {
@@ -125,10 +154,12 @@ struct NBDBenchmark: ParsableCommand {
             offset = (offset + UInt64(chunk)) % size
         }
         for pending in inFlight { try client.wait(pending) }
-        return Double(bytes) / 1_048_576 / (Double(monotonicNanoseconds() - start) / 1e9)
+        return (Double(bytes) / 1_048_576, Double(monotonicNanoseconds() - start) / 1e9)
     }
 
-    private func random(_ connect: () throws -> NBDClient, write: Bool, size: UInt64) throws -> Double {
+    /// Requests completed in about `duration` seconds, and the seconds it took.
+    private func random(_ connect: () throws -> NBDClient, write: Bool, size: UInt64,
+                        for duration: Double) throws -> (amount: Double, seconds: Double) {
         let client = try connect()
         defer { client.disconnect() }
         let depth = queueDepth
@@ -139,7 +170,7 @@ struct NBDBenchmark: ParsableCommand {
         let start = monotonicNanoseconds()
         var operations = 0
         var slot = 0
-        while Double(monotonicNanoseconds() - start) < seconds * 1e9 {
+        while Double(monotonicNanoseconds() - start) < duration * 1e9 {
             if let pending = inFlight[slot] { try client.wait(pending) }
             let offset = UInt64.random(in: 0..<(size / 4096), using: &rng) * 4096
             inFlight[slot] = write
@@ -149,7 +180,25 @@ struct NBDBenchmark: ParsableCommand {
             slot = (slot + 1) % depth
         }
         for pending in inFlight.compactMap({ $0 }) { try client.wait(pending) }
-        return Double(operations) / (Double(monotonicNanoseconds() - start) / 1e9)
+        return (Double(operations), Double(monotonicNanoseconds() - start) / 1e9)
+    }
+
+    /// The random-write figure's writes made by one thread straight into
+    /// the image: what the kernel allows without any NBD in the way.
+    private func randomLocalWrites(_ image: RawImage, size: UInt64,
+                                   for duration: Double) throws -> (amount: Double, seconds: Double) {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { buffer.deallocate() }
+        buffer.initializeMemory(as: UInt8.self, repeating: 0x5a)
+        var rng = SystemRandomNumberGenerator()
+        let start = monotonicNanoseconds()
+        var operations = 0
+        while Double(monotonicNanoseconds() - start) < duration * 1e9 {
+            let offset = UInt64.random(in: 0..<(size / 4096), using: &rng) * 4096
+            try image.write(UnsafeRawBufferPointer(buffer), at: offset, fua: false)
+            operations += 1
+        }
+        return (Double(operations), Double(monotonicNanoseconds() - start) / 1e9)
     }
 
     // MARK: Replicated write latency
@@ -172,18 +221,21 @@ struct NBDBenchmark: ParsableCommand {
             secondary: secondaryImage,
             active: try OverlayImage(path: "\(directory)/active.ovl", capacity: size),
             hidden: try OverlayImage(path: "\(directory)/hidden.ovl", capacity: size))
+        // Threads inherit the CPUs of the thread that starts them.
+        if pinHosts { pinCallingThread(toCPU: 1) }
         let server = NBDServer(logger: Logger(label: "bench"))
         let catalog = NBDExportCatalog()
         catalog.add(NBDExport(name: "disk", device: secondary.primaryWrites))
         let (near, far) = try tcpPair()
         server.serve(connection: far, catalog: catalog, peer: "bench")
+        let echo = try EchoLink(pair: try tcpPair())
         let disk = ReplicatedDisk(local: local, logger: Logger(label: "bench"))
         try disk.replicate(to: try NBDClient.connect(fd: near, export: "disk"))
+        if pinHosts { pinCallingThread(toCPU: 0) }
 
         let data = [UInt8](repeating: 0x3c, count: 4096)
         // The baselines are sampled in turn with the replicated write, so
         // the machine's load (other sessions compiling) weighs on all alike.
-        let echo = try EchoLink(pair: try tcpPair())
         let writeBytes = NBDRequest.size + data.count
         var localSamples = LatencySamples(capacity: iterations)
         var rttSamples = LatencySamples(capacity: iterations)
@@ -231,6 +283,10 @@ struct NBDBenchmark: ParsableCommand {
         print("4 KiB replicated write:     p50 \(formatMicroseconds(replicated50))  p99 \(formatMicroseconds(replicated99))"
               + "  ratio p50 vs local + RTT \(format(replicated50 / (local50 + rtt50)))x  (goal ≤ 1.5x)"
               + "  vs local + the write's RTT \(format(replicated50 / (local50 + writeRTT50)))x")
+    }
+
+    private func pinCallingThread(toCPU cpu: Int32) {
+        if colo_pin_thread_to_cpu(cpu) != 0 { print("could not pin to CPU \(cpu): errno \(errno)") }
     }
 
     /// A TCP loopback connection whose far end a thread of this process

@@ -110,6 +110,10 @@ uint64_t colo_atomic_exchange_u64(uint64_t *word, uint64_t value);
 /// CPUs this process may run on, at least 1; sysconf would read /sys, which
 /// the sandbox refuses.
 int colo_available_cpus(void);
+/// Runs the calling thread (and threads it starts later) on `cpu` alone
+/// (sched_setaffinity, _GNU_SOURCE): a benchmark keeps two simulated hosts
+/// on separate CPUs. 0 or -1 with errno.
+int colo_pin_thread_to_cpu(int cpu);
 
 /// recvmmsg and struct mmsghdr are _GNU_SOURCE. Receives up to `count`
 /// datagrams without waiting, the i-th into `buffer + i * slot_size`
