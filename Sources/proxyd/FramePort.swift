@@ -93,10 +93,11 @@ final class FramePort {
         }
     }
 
-    /// Reads and drops every frame waiting; how many there were.
-    func discardWaiting() -> Int {
+    /// Reads and drops the frames waiting, at most about `limit` (a sender
+    /// that never stops must not hold the datapath); how many there were.
+    func discardWaiting(limit: Int = 4096) -> Int {
         var discarded = 0
-        while case let .frames(count) = read({ _ in }), count > 0 {
+        while discarded < limit, case let .frames(count) = read({ _ in }), count > 0 {
             discarded += count
         }
         return discarded
