@@ -26,14 +26,26 @@ public struct PairStateMachine: Sendable, Equatable, Codable {
         self.epoch = epoch
     }
 
-    /// The machine as persisted before a restart. Only the states that
-    /// outlive the link to the peer survive (a survivor running alone, a
-    /// fenced host); the others start again from waiting, because the peer
-    /// cannot have kept lock-step with a supervisor that was gone.
+    /// The machine as persisted before a restart of supervisord. Its host's
+    /// daemons restart with it (they are part of its unit), so the guest this
+    /// host had is gone. A host that was the only one serving (running alone,
+    /// or bringing a partner up meanwhile) boots the guest again from its
+    /// disk, as does a primary that never had a secondary; every other host
+    /// comes back as a fresh secondary, for the host that holds the pair
+    /// (its peer took over, or will) to resync.
     public init(restoring role: PairRole, state: PairState, epoch: UInt64) {
-        self.role = role
         self.epoch = epoch
-        self.state = [.alone, .fenced].contains(state) ? state : .waiting
+        switch (role, state) {
+        case (.primary, .alone), (.primary, .resyncing):
+            self.role = .primary
+            self.state = .alone
+        case (.primary, .waiting), (.primary, .syncing):
+            self.role = .primary
+            self.state = .waiting
+        default:
+            self.role = .secondary
+            self.state = .waiting
+        }
     }
 
     public enum Event: Sendable, Equatable {

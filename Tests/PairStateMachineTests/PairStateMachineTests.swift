@@ -154,6 +154,31 @@ final class PairStateMachineTests: XCTestCase {
         }
     }
 
+    /// supervisord restarts with its daemons: only a host that was serving
+    /// alone (or never had a secondary) boots its guest again; the others
+    /// return as fresh secondaries for the holder of the pair to resync.
+    func testARestartKeepsTheServingHostAndMakesTheOthersFreshSecondaries() {
+        let cases: [(PairRole, PairState, PairRole, PairState)] = [
+            (.primary, .alone, .primary, .alone),
+            (.primary, .resyncing, .primary, .alone),
+            (.primary, .waiting, .primary, .waiting),
+            (.primary, .syncing, .primary, .waiting),
+            (.primary, .lockstep, .secondary, .waiting),
+            (.primary, .claiming, .secondary, .waiting),
+            (.primary, .handingOver, .secondary, .waiting),
+            (.primary, .fenced, .secondary, .waiting),
+            (.secondary, .lockstep, .secondary, .waiting),
+            (.secondary, .claiming, .secondary, .waiting),
+            (.secondary, .fenced, .secondary, .waiting),
+        ]
+        for (role, state, expectedRole, expectedState) in cases {
+            let machine = PairStateMachine(restoring: role, state: state, epoch: 7)
+            XCTAssertEqual(machine.role, expectedRole, "\(role) \(state)")
+            XCTAssertEqual(machine.state, expectedState, "\(role) \(state)")
+            XCTAssertEqual(machine.epoch, 7)
+        }
+    }
+
     /// The state survives a restart of supervisord as JSON.
     func testStateRoundTripsThroughItsPersistedForm() throws {
         var machine = lockstep(.secondary, epoch: 7)

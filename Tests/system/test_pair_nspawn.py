@@ -400,11 +400,43 @@ def test_failover_and_resync_under_systemd(deployment):
     events = [e.get("COLO_EVENT") for e in d.journal("a") if e.get("COLO_DAEMON") == "supervisord"]
     assert "operator_command" in events and "failover" in events, events
 
-    # Through all of it, systemd restarted no daemon on either host: the
-    # sandboxes held (a daemon killed by its seccomp filter or failing in
-    # its unit would show as a restart).
+    # supervisord of the fenced host crashes (SIGKILL): systemd restarts
+    # it, and its daemons with it (PartOf=); the host comes back as a fresh
+    # secondary, and coloctl resync on the primary takes it in again.
+    def main_pid(host: str, daemon: str) -> str:
+        return d.hosts[host].run(["systemctl", "show", f"colo-{daemon}@{INSTANCE}.service", "-p", "MainPID",
+                                  "--value"]).stdout.strip()
+    vmmd_before = main_pid("b", "vmmd")
+    d.hosts["b"].run(["systemctl", "kill", "-s", "KILL", SUPERVISOR])
+    # Back as a fresh secondary: waiting, or already linked to the primary
+    # and waiting for its sync.
+    assert d.wait_for(lambda: d.report("b").get("state") in ("waiting", "syncing"), 30), d.diagnostics("b")
+    assert d.report("b")["host_role"] == "secondary", d.report("b")
+    assert main_pid("b", "vmmd") != vmmd_before, "vmmd was restarted with supervisord"
+    d.coloctl("a", "resync", "--wait-timeout", "120", timeout=180)
+    assert d.wait_for(lambda: d.report("b").get("state") == "lockstep", 30), d.diagnostics("b")
+
+    # A failback under a client connection: coloctl on the primary hands
+    # the pair over; host b is the primary again, a its secondary.
+    seconds = 8.0
+    client = d.client(seconds, "failback")
+    time.sleep(3)
+    d.coloctl("a", "failback", "--wait-timeout", "120", timeout=180)
+    assert d.report("a")["host_role"] == "secondary" and d.report("b")["host_role"] == "primary"
+    assert d.wait_for(lambda: d.report("b").get("state") == "lockstep", 30), d.diagnostics("b")
+    last = summary_of(client, seconds)
+    assert last["connection_kept"] and last["counts_consecutive"], f"{last}\n{d.diagnostics('b')}"
+    assert last["first_count"] == after["last_count"] + 1, (after, last)
+    print(f"failback under systemd: longest gap {last['longest_gap_ms']} ms")
+    events = [e.get("COLO_EVENT") for e in d.journal("a") if e.get("COLO_DAEMON") == "supervisord"]
+    assert "handover_started" in events and "failback" in events, events
+
+    # Through all of it, systemd restarted no daemon on either host but the
+    # supervisord killed on purpose: the sandboxes held (a daemon killed by
+    # its seccomp filter or failing in its unit would show as a restart).
     for host in HOSTS:
         for daemon in ("vmmd", "checkpointd", "proxyd", "blockd", "supervisord"):
             unit = f"colo-{daemon}@{INSTANCE}.service"
             restarts = d.hosts[host].run(["systemctl", "show", unit, "-p", "NRestarts", "--value"]).stdout.strip()
-            assert restarts == "0", f"{unit} on host {host} restarted {restarts} times\n{d.diagnostics(host)}"
+            expected = "1" if (host, daemon) == ("b", "supervisord") else "0"
+            assert restarts == expected, f"{unit} on host {host} restarted {restarts} times\n{d.diagnostics(host)}"
