@@ -46,6 +46,8 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Starting programs (posix_spawn): the demo's namespaces and daemons.
+        .target(name: "ChildProcess"),
         // Socket activation, readiness, watchdog, journald.
         .target(name: "Systemd", dependencies: [
             "CSystemd",
@@ -195,13 +197,13 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "supervisord", dependencies: [
-            "DaemonRuntime", "CSupport", "ColoProtocol", "ControlSocket", "PairActuation", "PairConfiguration",
+            "ChildProcess", "DaemonRuntime", "CSupport", "ColoProtocol", "ControlSocket", "PairActuation", "PairConfiguration",
             "PairMetrics", "PairSupervision", "PeerAuthentication",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "coloctl", dependencies: [
-            "ColoProtocol", "ControlSocket", "PairConfiguration",
+            "ChildProcess", "ColoProtocol", "ControlSocket", "PairConfiguration",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

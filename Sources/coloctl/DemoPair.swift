@@ -1,3 +1,4 @@
+import ChildProcess
 import Glibc
 
 /// The local demo pair (`coloctl up`): two network namespaces play the two
@@ -221,78 +222,39 @@ struct DemoPair {
 // MARK: - Small process and file helpers
 
 func run(_ arguments: String...) throws(DemoPair.Failure) {
-    let status = spawnAndWait(arguments, output: nil)
+    let status = try spawnAndWait(arguments, output: .inherit)
     guard status == 0 else { throw DemoPair.Failure(description: "\(arguments.joined(separator: " ")) failed (status \(status))") }
 }
 
 @discardableResult
 func runQuietly(_ arguments: String...) throws(DemoPair.Failure) -> Int32 {
-    spawnAndWait(arguments, output: "/dev/null")
+    try spawnAndWait(arguments, output: .discard)
 }
 
 func output(_ arguments: String...) throws(DemoPair.Failure) -> String {
-    var pipeFds: [Int32] = [0, 0]
-    guard pipe(&pipeFds) == 0 else { throw DemoPair.Failure(description: "pipe failed") }
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_adddup2(&actions, pipeFds[1], 1)
-    posix_spawn_file_actions_addclose(&actions, pipeFds[0])
-    var pid: pid_t = 0
-    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    let result = posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ)
-    close(pipeFds[1])
-    defer { close(pipeFds[0]) }
-    guard result == 0 else { throw DemoPair.Failure(description: "cannot run \(arguments[0])") }
-    var bytes: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let count = read(pipeFds[0], &buffer, buffer.count)
-        if count <= 0 { break }
-        bytes += buffer[0..<count]
+    do {
+        return try ChildProcess.output(arguments).text
+    } catch {
+        throw DemoPair.Failure(description: error.description)
     }
-    var status: Int32 = 0
-    waitpid(pid, &status, 0)
-    return String(decoding: bytes, as: UTF8.self)
 }
 
-private func spawnAndWait(_ arguments: [String], output: String?) -> Int32 {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    if let output {
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, output, O_WRONLY, 0)
+private func spawnAndWait(_ arguments: [String], output: ChildProcess.Stream) throws(DemoPair.Failure) -> Int32 {
+    do {
+        return ChildProcess.wait(try ChildProcess.spawn(arguments, stdout: output, stderr: output))
+    } catch {
+        throw DemoPair.Failure(description: error.description)
     }
-    var pid: pid_t = 0
-    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    guard posix_spawnp(&pid, arguments[0], &actions, nil, &argv, environ) == 0 else { return -1 }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
 /// Starts a long-lived process in a new session (it outlives coloctl),
 /// its output appended to `log`.
 func spawnDetached(_ arguments: [String], log: String) throws(DemoPair.Failure) {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    posix_spawnattr_setflags(&attributes, 0x80 /* POSIX_SPAWN_SETSID, glibc >= 2.26; not exported to Swift */)
-    var pid: pid_t = 0
-    var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    let result = posix_spawnp(&pid, arguments[0], &actions, &attributes, &argv, environ)
-    guard result == 0 else {
-        throw DemoPair.Failure(description: "cannot start \(arguments.joined(separator: " ")): \(String(cString: strerror(result)))")
+    do {
+        _ = try ChildProcess.spawn(arguments, stdin: .discard, stdout: .appendTo(log), stderr: .appendTo(log),
+                                   newSession: true)
+    } catch {
+        throw DemoPair.Failure(description: error.description)
     }
 }
 

@@ -1,3 +1,4 @@
+import ChildProcess
 import ControlSocket
 import Glibc
 import PairActuation
@@ -28,14 +29,11 @@ enum LocalDaemonSpawner {
     }
 
     private static func start(_ arguments: [String]) throws(SpawnError) -> pid_t {
-        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, arguments[0], nil, nil, &argv, environ)
-        guard result == 0 else {
-            throw SpawnError(description: "cannot start \(arguments[0]): \(String(cString: strerror(result)))")
+        do {
+            return try ChildProcess.spawn(arguments)
+        } catch {
+            throw SpawnError(description: error.description)
         }
-        return pid
     }
 
     private static func waitForSocket(_ path: String, daemon: String) throws(SpawnError) {
