@@ -42,10 +42,13 @@ let package = Package(
         ]),
         // SOCK_SEQPACKET control sockets with fd passing and peer checks.
         .target(name: "ControlSocket", dependencies: [
+            "Durations",
             "CSupport", "ColoProtocol",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Durations as whole nanoseconds, microseconds, milliseconds.
+        .target(name: "Durations"),
         // Starting programs (posix_spawn): the demo's namespaces and daemons.
         .target(name: "ChildProcess"),
         // Socket activation, readiness, watchdog, journald.
@@ -74,6 +77,7 @@ let package = Package(
         .target(name: "PairStateMachine"),
         // The pair's metrics and their Prometheus text exposition over HTTP.
         .target(name: "PairMetrics", dependencies: [
+            "Durations",
             "ColoProtocol", "ControlSocket", "PairConfiguration", "PeerLink",
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
@@ -86,6 +90,7 @@ let package = Package(
         ]),
         // One host's side of a pair: peer link, heartbeat, witness, state.
         .target(name: "PairSupervision", dependencies: [
+            "Durations",
             "ColoProtocol", "ControlSocket", "DurableFile", "PairConfiguration", "PairStateMachine",
             "PeerAuthentication", "PeerLink", "Witness",
             .product(name: "Logging", package: "swift-log"),
@@ -93,6 +98,7 @@ let package = Package(
         // supervisord's hands: the local daemons driven through a sync,
         // checkpoints and failover (the PairActuator it runs).
         .target(name: "PairActuation", dependencies: [
+            "Durations",
             "ColoProtocol", "ControlSocket", "PairConfiguration", "PairMetrics", "PairStateMachine", "PairSupervision",
             "PeerLink", "SharedMemory",
             .product(name: "Logging", package: "swift-log"),
@@ -102,6 +108,7 @@ let package = Package(
         .target(name: "BlockDevice"),
         // The NBD protocol: server and client (fixed newstyle, structured replies).
         .target(name: "NBD", dependencies: [
+            "Durations",
             "BlockDevice", "ControlSocket", "CSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -161,6 +168,7 @@ let package = Package(
         // Checkpoints: the primary's page sender and live migration, the
         // secondary's colo-cache and commit, verify mode.
         .target(name: "Checkpointing", dependencies: [
+            "Durations",
             "CSupport", "RAMStream", "SharedMemory", "PeerAuthentication", "ControlSocket",
         ]),
         // Zero-copy parsing, checksums and rewriting of Ethernet frames.
@@ -173,6 +181,7 @@ let package = Package(
         .target(name: "FrameLink"),
         // What every daemon's main shares.
         .target(name: "DaemonRuntime", dependencies: [
+            "Durations",
             "ColoProtocol", "ControlSocket", "Systemd", "Sandbox",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
@@ -180,10 +189,12 @@ let package = Package(
         ]),
 
         .executableTarget(name: "vmmd", dependencies: [
+            "Durations",
             "DaemonRuntime", "VirtualMachine", "KVM", "Devices", "CSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "checkpointd", dependencies: [
+            "Durations",
             "DaemonRuntime", "Checkpointing", "SharedMemory", "PeerAuthentication",
         ]),
         .executableTarget(name: "proxyd", dependencies: [
@@ -197,6 +208,7 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "supervisord", dependencies: [
+            "Durations",
             "ChildProcess", "DaemonRuntime", "CSupport", "ColoProtocol", "ControlSocket", "PairActuation", "PairConfiguration",
             "PairMetrics", "PairSupervision", "PeerAuthentication",
             .product(name: "Logging", package: "swift-log"),
@@ -214,6 +226,7 @@ let package = Package(
         ]),
         // Benchmarks, each beside a baseline measured in the same run.
         .executableTarget(name: "colobench", dependencies: [
+            "Durations",
             "ColoProtocol", "ControlSocket", "CSupport", "SharedMemory", "BlockDevice", "BlockImages", "BlockReplication", "NBD",
             "Checkpointing", "PeerAuthentication", "VirtualMachine", "KVM",
             "Packets", "PacketComparison", "SequenceRewriter",
@@ -227,6 +240,7 @@ let package = Package(
         .testTarget(name: "PeerAuthenticationTests", dependencies: ["PeerAuthentication"]),
         .testTarget(name: "PairConfigurationTests", dependencies: ["PairConfiguration"]),
         .testTarget(name: "PeerLinkTests", dependencies: ["PeerLink", "PairConfiguration"]),
+        .testTarget(name: "DurationsTests", dependencies: ["Durations"]),
         .testTarget(name: "PairStateMachineTests", dependencies: ["PairStateMachine"]),
         .testTarget(name: "PairMetricsTests", dependencies: ["PairMetrics", "PairConfiguration", "ColoProtocol"]),
         .testTarget(name: "PairSupervisionTests", dependencies: [

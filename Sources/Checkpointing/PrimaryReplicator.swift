@@ -1,3 +1,4 @@
+import Durations
 import ControlSocket
 import Glibc
 import RAMStream
@@ -193,7 +194,7 @@ public final class PrimaryReplicator: @unchecked Sendable {
         } catch {
             fail("\(CheckpointLink.controlChannel): \(error)")
         }
-        let deadline = monotonicNanoseconds() + options.peerTimeout.nanoseconds
+        let deadline = monotonicNanoseconds() + UInt64(clamping: max(0, options.peerTimeout.nanoseconds))
         let verification = state.wait(deadline: deadline) { (s: inout State) -> Verification?? in
             if s.failure != nil { return .some(nil) }
             guard let acknowledged = s.acknowledged, acknowledged.sequence == sequence else { return nil }

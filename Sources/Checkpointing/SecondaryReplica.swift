@@ -1,3 +1,4 @@
+import Durations
 import ControlSocket
 import Glibc
 import RAMStream
@@ -186,7 +187,7 @@ public final class SecondaryReplica: @unchecked Sendable {
     private func awaitWhole(since start: UInt64, guestDirty: PageBitmap?)
         throws(CheckpointError) -> (UInt64, [UInt8], ControlFrame.End, PageBitmap) {
         enum Arrival { case whole(UInt64, [UInt8], ControlFrame.End, PageBitmap), failed, incomplete(String) }
-        let arrival = state.wait(deadline: start + options.peerTimeout.nanoseconds) { (s: inout State) -> Arrival? in
+        let arrival = state.wait(deadline: start + UInt64(clamping: max(0, options.peerTimeout.nanoseconds))) { (s: inout State) -> Arrival? in
             if s.failure != nil { return .failed }
             guard let end = s.end, let deviceState = s.deviceState, s.channelEnded.allSatisfy({ $0 }) else { return nil }
             let carried = s.channelPages.reduce(0, +)

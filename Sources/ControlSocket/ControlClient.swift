@@ -1,3 +1,4 @@
+import Durations
 import ColoProtocol
 import Dispatch
 import Glibc
@@ -249,10 +250,3 @@ public final class ControlClient: Sendable {
     }
 }
 
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds.multipliedReportingOverflow(by: 1_000_000_000).overflow
-            ? Int64.max : seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-    }
-}

@@ -1,4 +1,5 @@
 internal import CSupport
+import Durations
 import Glibc
 import SystemPackage
 
@@ -224,7 +225,7 @@ public struct SeqpacketSocket: Sendable {
     public func waitReadable(orWakeup wakeup: FileDescriptor?, timeout: Duration?) throws(ControlSocketError) -> Readiness {
         var entries = [pollfd(fd: fd.rawValue, events: Int16(POLLIN), revents: 0)]
         if let wakeup { entries.append(pollfd(fd: wakeup.rawValue, events: Int16(POLLIN), revents: 0)) }
-        let milliseconds: Int32 = timeout.map { Int32(clamping: max(0, $0.milliseconds)) } ?? -1
+        let milliseconds: Int32 = timeout.map { Int32(clamping: max(0, $0.millisecondsRoundedUp)) } ?? -1
         while true {
             let result = poll(&entries, nfds_t(entries.count), milliseconds)
             if result < 0 {
@@ -290,13 +291,6 @@ struct UnixAddress {
     }
 }
 
-extension Duration {
-    /// Whole milliseconds, rounded up so a short timeout never becomes zero.
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
-    }
-}
 
 extension timeval {
     init(duration: Duration) {

@@ -1,3 +1,4 @@
+import Durations
 import ArgumentParser
 import ColoProtocol
 import ControlSocket
@@ -218,14 +219,3 @@ extension ExitCode {
     static let startFailed = ExitCode(1)
 }
 
-extension Duration {
-    var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
-    }
-
-    var microseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
-    }
-}

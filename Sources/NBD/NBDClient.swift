@@ -1,3 +1,4 @@
+import Durations
 import BlockDevice
 import ControlSocket
 import Dispatch
@@ -364,10 +365,3 @@ public final class NBDClient: BlockDevice, @unchecked Sendable {
     }
 }
 
-extension Duration {
-    var nanoseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds.multipliedReportingOverflow(by: 1_000_000_000).overflow
-            ? Int64.max : seconds * 1_000_000_000 + attoseconds / 1_000_000_000
-    }
-}

@@ -1,3 +1,4 @@
+import Durations
 import Glibc
 import PairConfiguration
 import PeerLink

@@ -1,3 +1,4 @@
+import Durations
 import ControlSocket
 import Glibc
 import PairConfiguration
@@ -123,7 +124,7 @@ public final class MetricsEndpoint: Sendable {
                 return
             }
             var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&entry, 1, Int32(clamping: remaining.wholeMilliseconds + 1))
+            let ready = poll(&entry, 1, Int32(clamping: remaining.millisecondsRoundedUp))
             if ready < 0 && errno == EINTR { continue }
             guard ready > 0 else { continue }
             let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min($0.count, HTTPRequestHead.maxBytes + 1 - received.count), 0) }
@@ -181,7 +182,7 @@ public final class MetricsEndpoint: Sendable {
             let remaining = deadline - .now
             guard remaining > .zero else { return }
             var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&entry, 1, Int32(clamping: remaining.wholeMilliseconds + 1)) > 0 else { return }
+            guard poll(&entry, 1, Int32(clamping: remaining.millisecondsRoundedUp)) > 0 else { return }
             let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             guard count > 0 else { return }
             discarded += count

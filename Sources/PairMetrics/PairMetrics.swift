@@ -1,3 +1,4 @@
+import Durations
 import ColoProtocol
 import Prometheus
 import Synchronization
@@ -191,7 +192,7 @@ public final class PairMetrics: Sendable {
     public func recordCheckpoint(id: UInt64, trigger: CheckpointTrigger, pause: Duration,
                                  at instant: ContinuousClock.Instant = .now) {
         state.withLock { state in
-            state.pauses.add(pause.wholeMicroseconds)
+            state.pauses.add(UInt64(clamping: max(0, pause.microseconds)))
             state.perMinute.add(atSecond: second(of: instant))
             state.last = Checkpoint(id: id, trigger: trigger, pause: pause, at: instant)
             state.byTrigger[trigger, default: 0] += 1
@@ -294,7 +295,7 @@ public final class PairMetrics: Sendable {
             if state.replicating {
                 var lag = ColoReplicationLag()
                 lag.bytes = state.lagBytes
-                if let since = lagStart(state) { lag.msSinceCheckpoint = (instant - since).wholeMilliseconds }
+                if let since = lagStart(state) { lag.msSinceCheckpoint = UInt64(clamping: max(0, (instant - since).milliseconds)) }
                 report.replicationLag = lag
             }
             report.failovers = state.failovers
@@ -304,7 +305,7 @@ public final class PairMetrics: Sendable {
                 progress.doneBytes = operation.done
                 progress.totalBytes = operation.total
                 progress.bytesPerSecond = operation.rate.bytesPerSecond
-                progress.elapsedMs = (instant - operation.started).wholeMilliseconds
+                progress.elapsedMs = UInt64(clamping: max(0, (instant - operation.started).milliseconds))
                 report.operation = progress
             }
         }
@@ -347,8 +348,8 @@ public final class PairMetrics: Sendable {
         var summary = ColoCheckpointSummary()
         summary.id = checkpoint.id
         summary.trigger = checkpoint.trigger.rawValue
-        summary.pauseUs = checkpoint.pause.wholeMicroseconds
-        summary.msAgo = (instant - checkpoint.at).wholeMilliseconds
+        summary.pauseUs = UInt64(clamping: max(0, checkpoint.pause.microseconds))
+        summary.msAgo = UInt64(clamping: max(0, (instant - checkpoint.at).milliseconds))
         return summary
     }
 

@@ -81,19 +81,3 @@ struct RateWindow: Sendable {
     }
 }
 
-extension Duration {
-    var seconds: Double {
-        let (whole, attoseconds) = components
-        return Double(whole) + Double(attoseconds) * 1e-18
-    }
-
-    var wholeMicroseconds: UInt64 {
-        let (whole, attoseconds) = components
-        return UInt64(clamping: max(0, whole * 1_000_000 + attoseconds / 1_000_000_000_000))
-    }
-
-    var wholeMilliseconds: UInt64 {
-        let (whole, attoseconds) = components
-        return UInt64(clamping: max(0, whole * 1000 + attoseconds / 1_000_000_000_000_000))
-    }
-}

@@ -1,3 +1,4 @@
+import Durations
 import ColoProtocol
 import ControlSocket
 import DurableFile
@@ -617,17 +618,3 @@ public final class PairSupervisor: Sendable {
     }
 }
 
-extension Duration {
-    /// Whole milliseconds, truncated: for timers, logs and the pair's
-    /// reports (PairActuation uses these too).
-    public var milliseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1000 + attoseconds / 1_000_000_000_000_000
-    }
-
-    /// Whole microseconds, truncated.
-    public var microseconds: Int64 {
-        let (seconds, attoseconds) = components
-        return seconds * 1_000_000 + attoseconds / 1_000_000_000_000
-    }
-}

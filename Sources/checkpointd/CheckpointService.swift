@@ -1,3 +1,4 @@
+import Durations
 import Checkpointing
 import ColoProtocol
 import ControlSocket

@@ -1,3 +1,4 @@
+import Durations
 import ArgumentParser
 import BlockDevice
 import BlockImages

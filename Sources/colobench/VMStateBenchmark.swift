@@ -1,3 +1,4 @@
+import Durations
 import ArgumentParser
 import Glibc
 import KVM
@@ -53,7 +54,7 @@ struct VMStateBenchmark: ParsableCommand {
             for _ in 0..<syncs {
                 usleep(100_000)
                 let sync = try vm.syncDirtyLog()
-                samples.record(sync.duration.nanoseconds)
+                samples.record(UInt64(clamping: sync.duration.nanoseconds))
                 dirty.append(sync.dirtyPages)
             }
             let p50 = samples.percentile(0.5)
@@ -75,9 +76,9 @@ struct VMStateBenchmark: ParsableCommand {
         for _ in 0..<cycles {
             usleep(5_000)
             let timings = try vm.pause()
-            stopped.record(timings.vcpusStopped.nanoseconds)
-            paused.record(timings.paused.nanoseconds)
-            resumed.record(try vm.resume().nanoseconds)
+            stopped.record(UInt64(clamping: timings.vcpusStopped.nanoseconds))
+            paused.record(UInt64(clamping: timings.paused.nanoseconds))
+            resumed.record(try UInt64(clamping: vm.resume().nanoseconds))
         }
         for (name, samples) in [("pause (request to vCPUs stopped)", stopped), ("pause (devices quiesced too) ", paused),
                                 ("resume                          ", resumed)] {
@@ -178,9 +179,3 @@ func formatMilliseconds(_ nanoseconds: Double) -> String {
     String(format: "%.2f ms", nanoseconds / 1_000_000)
 }
 
-extension Duration {
-    var nanoseconds: UInt64 {
-        let (seconds, attoseconds) = components
-        return UInt64(max(0, seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
-    }
-}

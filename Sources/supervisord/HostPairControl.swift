@@ -1,3 +1,4 @@
+import Durations
 import ColoProtocol
 import PairActuation
 import PairConfiguration

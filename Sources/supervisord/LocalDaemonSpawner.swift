@@ -1,3 +1,4 @@
+import Durations
 import ChildProcess
 import ControlSocket
 import Glibc

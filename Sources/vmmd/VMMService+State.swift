@@ -1,3 +1,4 @@
+import Durations
 import ColoProtocol
 import ControlSocket
 import Glibc
@@ -53,8 +54,8 @@ extension VMMService {
         do {
             let timings = try vm.pause()
             var reply = ColoVmPaused()
-            reply.vcpusStoppedUs = timings.vcpusStopped.microseconds
-            reply.pausedUs = timings.paused.microseconds
+            reply.vcpusStoppedUs = UInt64(clamping: timings.vcpusStopped.microseconds)
+            reply.pausedUs = UInt64(clamping: timings.paused.microseconds)
             logger.info("VM paused", metadata: [
                 "event": "vm_paused", "vcpus_stopped_us": "\(reply.vcpusStoppedUs)", "paused_us": "\(reply.pausedUs)"])
             return ControlReply(.vmPaused(reply))
@@ -66,7 +67,7 @@ extension VMMService {
     private func resume(_ vm: VirtualMachine) -> ControlReply {
         do {
             var reply = ColoVmResumed()
-            reply.resumeUs = try vm.resume().microseconds
+            reply.resumeUs = try UInt64(clamping: vm.resume().microseconds)
             logger.info("VM resumed", metadata: ["event": "vm_resumed", "resume_us": "\(reply.resumeUs)"])
             return ControlReply(.vmResumed(reply))
         } catch {
@@ -83,7 +84,7 @@ extension VMMService {
             reply.dirtyPages = UInt64(sync.dirtyPages)
             reply.devicePages = UInt64(sync.devicePages)
             reply.allPages = sync.allPages
-            reply.syncUs = sync.duration.microseconds
+            reply.syncUs = UInt64(clamping: sync.duration.microseconds)
             reply.mode = vm.dirtyLogMode.rawValue
             logger.debug("dirty log synced", metadata: [
                 "event": "dirty_log_synced", "dirty_pages": "\(sync.dirtyPages)", "device_pages": "\(sync.devicePages)",
@@ -115,7 +116,7 @@ extension VMMService {
         var reply = ColoVmStateSaved()
         reply.state.index = 0
         reply.bytes = UInt64(blob.count)
-        reply.saveUs = (ContinuousClock.now - began).microseconds
+        reply.saveUs = UInt64(clamping: (ContinuousClock.now - began).microseconds)
         logger.info("VM state saved", metadata: ["event": "vm_state_saved", "bytes": "\(blob.count)", "save_us": "\(reply.saveUs)"])
         return ControlReply(.vmStateSaved(reply), fds: [memfd.fd], closeFdsAfterSending: true)
     }
@@ -140,7 +141,7 @@ extension VMMService {
             return refusal(error, request.checkOnly ? "state check" : "state load")
         }
         var reply = ColoVmStateLoaded()
-        reply.loadUs = (ContinuousClock.now - began).microseconds
+        reply.loadUs = UInt64(clamping: (ContinuousClock.now - began).microseconds)
         logger.info(request.checkOnly ? "VM state checked" : "VM state loaded", metadata: [
             "event": request.checkOnly ? "vm_state_checked" : "vm_state_loaded", "bytes": "\(blob.count)", "load_us": "\(reply.loadUs)"])
         return ControlReply(.vmStateLoaded(reply))
@@ -220,9 +221,3 @@ struct ReadFailure: Error, CustomStringConvertible {
     }
 }
 
-extension Duration {
-    var microseconds: UInt64 {
-        let (seconds, attoseconds) = components
-        return UInt64(max(0, seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
-    }
-}

@@ -1,3 +1,4 @@
+import Durations
 import ColoProtocol
 import ControlSocket
 import DaemonRuntime
