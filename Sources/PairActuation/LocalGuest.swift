@@ -33,8 +33,11 @@ final class LocalGuest: Sendable {
     // MARK: - Bringing a VM up
 
     /// Opens the disk as the primary's and boots the guest from its kernel.
+    /// A failover commit this host was making when it died is finished
+    /// first: blockd opens the disk as the secondary's, completes the
+    /// commit from its journal and serves the result as the primary's.
     func boot() throws(ActuationError) -> Plumbing {
-        try openDisk(role: .primary)
+        try openDisk(role: commitJournalWaits ? .secondary : .primary)
         return try createVM(incoming: false)
     }
 
@@ -42,20 +45,32 @@ final class LocalGuest: Sendable {
     /// incoming VM with no RAM contents yet, for the migration to fill. A
     /// sync that failed half-way is retried the same way: the disk stays
     /// open (the mirror and the first checkpoint bring it up to date) and
-    /// any VM of the failed attempt is stopped and replaced.
+    /// any VM of the failed attempt is stopped and replaced. A disk open in
+    /// the primary's role (an old primary, or a commit blockd just finished
+    /// from its journal) is closed and opened again as the secondary's: the
+    /// new primary mirrors its own disk over it.
     func prepareIncoming() throws(ActuationError) -> Plumbing {
-        if (try? diskInfo())?.role != .secondary {
+        _ = try? daemons.call(.vmmd, .vmStop(ColoVmStopRequest()))
+        if let open = try? diskInfo(), open.role != .secondary {
+            try closeDisk()
+        }
+        if (try? diskInfo()) == nil, try openDisk(role: .secondary).role != .secondary {
+            try closeDisk()
             try openDisk(role: .secondary)
         }
-        _ = try? daemons.call(.vmmd, .vmStop(ColoVmStopRequest()))
         return try createVM(incoming: true)
     }
 
     /// The old primary after a handover: its VM goes, and the disk closes
     /// so that `prepareIncoming` opens the image again as a secondary's.
-    /// blockd lets the disk go once vmmd has closed the VM's block socket.
     func release() throws(ActuationError) {
         _ = try? daemons.call(.vmmd, .vmStop(ColoVmStopRequest()))
+        try closeDisk()
+    }
+
+    /// blockd lets the disk go once vmmd has closed the stopped VM's block
+    /// socket, which takes a moment.
+    private func closeDisk() throws(ActuationError) {
         var request = ColoBlockdCloseDiskRequest()
         request.name = Self.diskName
         let deadline = ContinuousClock.now.advanced(by: .seconds(10))
@@ -70,7 +85,12 @@ final class LocalGuest: Sendable {
         }
     }
 
-    private func openDisk(role: ColoBlockdDiskRole) throws(ActuationError) {
+    private var activeOverlay: String { "\(stateDirectory)/\(Self.diskName).active" }
+    private var hiddenOverlay: String { "\(stateDirectory)/\(Self.diskName).hidden" }
+    private var commitJournalWaits: Bool { access(activeOverlay + ".commit", F_OK) == 0 }
+
+    @discardableResult
+    private func openDisk(role: ColoBlockdDiskRole) throws(ActuationError) -> ColoBlockdDiskInfo {
         var request = ColoBlockdOpenDiskRequest()
         request.name = Self.diskName
         request.role = role
@@ -78,18 +98,21 @@ final class LocalGuest: Sendable {
         if role == .secondary {
             // Overlays start empty: the secondary disk equals the primary's
             // once the resync mirror has run.
-            request.activePath = "\(stateDirectory)/\(Self.diskName).active"
-            request.hiddenPath = "\(stateDirectory)/\(Self.diskName).hidden"
+            request.activePath = activeOverlay
+            request.hiddenPath = hiddenOverlay
             // Overlays left by an earlier life of this host hold nothing of
             // the new primary's disk: they go. A failover commit journal
             // beside them means blockd must finish that commit first, so
             // then everything stays for it to recover.
-            if access(request.activePath + ".commit", F_OK) != 0 {
+            if !commitJournalWaits {
                 unlink(request.activePath)
                 unlink(request.hiddenPath)
             }
         }
-        try daemons.call(.blockd, .blockdOpenDisk(request))
+        guard case .blockdDisk(let info)? = try daemons.call(.blockd, .blockdOpenDisk(request)).0 else {
+            throw .daemon(.blockd, "the open reply carries no disk")
+        }
+        return info
     }
 
     private func createVM(incoming: Bool) throws(ActuationError) -> Plumbing {
