@@ -31,7 +31,7 @@ public protocol EventSource: AnyObject, Sendable {
 /// completions) never waits for a vCPU and a vCPU never blocks on a
 /// backend.
 public final class DeviceEventLoop: @unchecked Sendable {
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var sources: [any EventSource] = []
     private var stopping = false
     private let wakeFD: FileDescriptor

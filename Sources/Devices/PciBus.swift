@@ -1,3 +1,5 @@
+import ControlSocket
+
 /// A function on the PCI bus: its configuration space.
 public protocol PciFunction: AnyObject, Sendable {
     func configRead(offset: Int, size: Int) -> UInt32
@@ -12,7 +14,7 @@ public final class PciBus: PortDevice, @unchecked Sendable {
     public static let base: UInt16 = 0xCF8
     public static let length: UInt16 = 8
 
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var address: UInt32 = 0
     private var slots: [Int: any PciFunction] = [:]
 

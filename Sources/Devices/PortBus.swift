@@ -1,3 +1,5 @@
+import ControlSocket
+
 /// A device answering x86 port I/O in a window of ports.
 public protocol PortDevice: AnyObject, Sendable {
     /// A read of `size` (1, 2 or 4) bytes at `offset` into the window.
@@ -26,7 +28,7 @@ public final class PortBus: @unchecked Sendable {
         case unclaimed
     }
 
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var windows: [Window] = []
 
     public init() {}

@@ -1,3 +1,5 @@
+import ControlSocket
+
 /// The ACPI PM1a control register at port 0x604, where QEMU's PIIX4 power
 /// management block puts it (base 0x600): setting SLP_EN powers the
 /// machine off, as QEMU treats any sleep type (the test guest writes
@@ -8,7 +10,7 @@ public final class PowerControl: PortDevice, @unchecked Sendable {
     static let sleepEnable: UInt32 = 1 << 13
     static let sciEnable: UInt32 = 1
 
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var value: UInt32 = sciEnable
     private let powerOff: @Sendable () -> Void
 

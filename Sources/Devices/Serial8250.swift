@@ -1,3 +1,5 @@
+import ControlSocket
+
 /// The registers of a 16550A UART, as plain data (what a snapshot saves).
 public struct SerialState: Sendable, Equatable {
     public var interruptEnable: UInt8 = 0
@@ -28,7 +30,7 @@ public final class Serial8250: PortDevice, @unchecked Sendable {
     /// no more until it reads.
     public static let receiveCapacity = 1024
 
-    let lock = DeviceLock()
+    let lock = ThreadLock()
     var state = SerialState()
     var lineHigh = false
     let interrupt: any InterruptLine

@@ -1,4 +1,5 @@
 internal import CSupport
+import ControlSocket
 import GuestMemory
 import Glibc
 import SystemPackage
@@ -48,7 +49,7 @@ public final class VirtioPciTransport: PciFunction, PortDevice, EventSource, @un
     public static let statusDriverOK: UInt8 = 4
     public static let statusNeedsReset: UInt8 = 0x40
 
-    let lock = DeviceLock()
+    let lock = ThreadLock()
     let memory: GuestMemory
     let model: any VirtioDeviceModel
     var state: VirtioTransportState

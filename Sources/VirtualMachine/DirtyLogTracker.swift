@@ -1,3 +1,4 @@
+import ControlSocket
 import Devices
 import Glibc
 import GuestMemory
@@ -36,7 +37,7 @@ final class DirtyLogTracker: @unchecked Sendable {
     let mode: DirtyLogMode
     private let kvm: KVMVirtualMachine
     private let memory: GuestMemory
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var logging = false
 
     init(kvm: KVMVirtualMachine, memory: GuestMemory, mode: DirtyLogMode) {

@@ -1,3 +1,4 @@
+import ControlSocket
 import Devices
 import Glibc
 import KVM
@@ -9,7 +10,7 @@ import KVM
 /// was loaded.
 final class PauseState: @unchecked Sendable {
     /// Serialises pause, resume, save and load.
-    let lock = DeviceLock()
+    let lock = ThreadLock()
     var paused = false
     /// kvmclock, the PIT and each vCPU's TSC at the pause (or as loaded).
     var clock: UInt64 = 0

@@ -38,7 +38,7 @@ final class VcpuRunner: @unchecked Sendable {
     /// The thread, while its loop runs (0 before and after). Guarded by
     /// `threadLock` so a kick never targets a thread that has exited.
     private var threadID: UInt = 0
-    private let threadLock = DeviceLock()
+    private let threadLock = ThreadLock()
     private let finished = DeviceSemaphore()
     private let gate: PauseGate
 

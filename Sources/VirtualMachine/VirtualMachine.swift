@@ -36,7 +36,7 @@ public final class VirtualMachine: @unchecked Sendable {
     let transports: [VirtioPciTransport]
     let net: (model: VirtioNet, transport: VirtioPciTransport)?
     let block: (model: VirtioBlock, transport: VirtioPciTransport)?
-    let lifecycle = DeviceLock()
+    let lifecycle = ThreadLock()
     /// Pausing and state transfer (Pause.swift, StateTransfer.swift).
     let pauseGate = PauseGate()
     let pauseState = PauseState()

@@ -19,7 +19,7 @@ final class ConsoleHub: @unchecked Sendable {
     /// How long partial output (a prompt without a newline) waits.
     static let flushIntervalMilliseconds: Int32 = 50
 
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private let logger: Logger
     private let wakeFD: FileDescriptor
     private var pending: [UInt8] = []

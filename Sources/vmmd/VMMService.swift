@@ -24,7 +24,7 @@ final class VMMService: DaemonService, @unchecked Sendable {
     let dirtyLogMode: DirtyLogMode
     /// Peers that may have the guest RAM memfd (VmGuestMemoryRequest).
     let memoryUsers: Set<UInt32>
-    let lock = DeviceLock()
+    let lock = ThreadLock()
     var vm: VirtualMachine?
     private var deviceEvents: [String] = []
 

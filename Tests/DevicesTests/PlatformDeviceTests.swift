@@ -1,4 +1,5 @@
 @testable import Devices
+import ControlSocket
 import XCTest
 
 final class PlatformDeviceTests: XCTestCase {
@@ -90,7 +91,7 @@ final class PlatformDeviceTests: XCTestCase {
 }
 
 final class OutputCollector: @unchecked Sendable {
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var collected: [UInt8] = []
     func append(_ byte: UInt8) { lock.withLock { collected.append(byte) } }
     var bytes: [UInt8] { lock.withLock { collected } }

@@ -1,10 +1,11 @@
+import ControlSocket
 import Devices
 import GuestMemory
 import SystemPackage
 
 /// Records what device models do to their interrupt line.
 final class RecordingLine: InterruptLine, @unchecked Sendable {
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var levels: [Bool] = []
 
     func set(high: Bool) { lock.withLock { levels.append(high) } }

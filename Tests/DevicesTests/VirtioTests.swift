@@ -193,7 +193,7 @@ final class VirtioBlockTests: XCTestCase {
 }
 
 final class FailureLog: @unchecked Sendable {
-    private let lock = DeviceLock()
+    private let lock = ThreadLock()
     private var collected: [String] = []
     func add(_ text: String) { lock.withLock { collected.append(text) } }
     var entries: [String] { lock.withLock { collected } }
