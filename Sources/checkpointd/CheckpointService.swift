@@ -42,8 +42,10 @@ final class CheckpointService: DaemonService {
             switch pairing {
             case .detached: return "detached"
             case .attaching: return "attaching"
-            case let .primary(replicator, _): return replicator.failure == nil ? "primary" : "failed"
-            case let .secondary(replica, _): return replica.failure == nil ? "secondary" : "failed"
+            // A lost link is the peer's end (a failover), not this daemon's:
+            // it waits, healthy, for the next attach.
+            case let .primary(replicator, _): return replicator.failure == nil ? "primary" : "primary, link lost"
+            case let .secondary(replica, _): return replica.failure == nil ? "secondary" : "secondary, link lost"
             }
         }
     }
