@@ -60,14 +60,12 @@ struct Resync: ParsableCommand {
     @Flag(name: .long, help: "Return once the resync started instead of waiting for lock-step.")
     var noWait = false
 
-    @Option(name: .long, help: "Seconds to wait for lock-step.")
-    var waitTimeout: Double = 1800
+    @OptionGroup var wait: WaitOptions
 
     func validate() throws {
         if let peer, ValueParser.socketAddress(peer) == nil {
             throw ValidationError("--peer '\(peer)' is not address:port (e.g. 10.77.0.3:7600 or [fd00::3]:7600)")
         }
-        try validateWaitTimeout(waitTimeout)
     }
 
     func run() throws {
@@ -76,7 +74,7 @@ struct Resync: ParsableCommand {
             request.peer = peer ?? ""
             var pair = try command(.pairResync(request), "resync", connection)
             if !noWait {
-                pair = try ProgressWatcher(connection: connection, goal: .resync, limit: .seconds(waitTimeout),
+                pair = try ProgressWatcher(connection: connection, goal: .resync, limit: wait.limit,
                                            quiet: connection.json).run()
             }
             if connection.json { try printReply(pair) } else { print("resync \(noWait ? "started" : "done"): \(pair.state)") }
@@ -101,18 +99,13 @@ struct Failback: ParsableCommand {
     @Flag(name: .long, help: "Return once the handover started instead of waiting for lock-step.")
     var noWait = false
 
-    @Option(name: .long, help: "Seconds to wait for lock-step.")
-    var waitTimeout: Double = 1800
-
-    func validate() throws {
-        try validateWaitTimeout(waitTimeout)
-    }
+    @OptionGroup var wait: WaitOptions
 
     func run() throws {
         try runReporting(json: connection.json) { () throws(CommandFailure) in
             var pair = try command(.pairFailback(ColoPairFailbackRequest()), "failback", connection)
             if !noWait {
-                pair = try ProgressWatcher(connection: connection, goal: .failback, limit: .seconds(waitTimeout),
+                pair = try ProgressWatcher(connection: connection, goal: .failback, limit: wait.limit,
                                            quiet: connection.json).run()
             }
             if connection.json {
@@ -132,16 +125,11 @@ struct Wait: ParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
 
-    @Option(name: .long, help: "Seconds to wait for lock-step.")
-    var waitTimeout: Double = 1800
-
-    func validate() throws {
-        try validateWaitTimeout(waitTimeout)
-    }
+    @OptionGroup var wait: WaitOptions
 
     func run() throws {
         try runReporting(json: connection.json) { () throws(CommandFailure) in
-            let pair = try ProgressWatcher(connection: connection, goal: .lockstep, limit: .seconds(waitTimeout),
+            let pair = try ProgressWatcher(connection: connection, goal: .lockstep, limit: wait.limit,
                                            quiet: connection.json).run()
             if connection.json { try printReply(pair) } else { print("lock-step (epoch \(pair.epoch))") }
         }
@@ -168,8 +156,17 @@ private func printReply(_ message: some SwiftProtobuf.Message) throws(CommandFai
     }
 }
 
-private func validateWaitTimeout(_ seconds: Double) throws {
-    guard seconds > 0, seconds <= 86_400 else {
-        throw ValidationError("--wait-timeout must be between 0 and 86400 seconds")
+/// How long a command that ends in lock-step (wait, resync, failback)
+/// waits for it.
+struct WaitOptions: ParsableArguments {
+    @Option(name: .long, help: "Seconds to wait for lock-step.")
+    var waitTimeout: Double = 1800
+
+    func validate() throws {
+        guard waitTimeout > 0, waitTimeout <= 86_400 else {
+            throw ValidationError("--wait-timeout must be between 0 and 86400 seconds")
+        }
     }
+
+    var limit: Duration { .seconds(waitTimeout) }
 }
