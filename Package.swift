@@ -158,7 +158,7 @@ let package = Package(
         // A VM: KVM set-up, vCPU threads, the PC platform's devices.
         .target(name: "VirtualMachine", dependencies: [
             "KVM", "GuestMemory", "Loaders", "Devices", "BlockProtocol", "ColoProtocol", "ControlSocket",
-            "SharedMemory",
+            "SharedMemory", "Durations",
             .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
