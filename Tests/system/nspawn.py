@@ -390,3 +390,59 @@ def _remove_cgroup_tree(d: Path) -> None:
         if not d.exists():
             return
         time.sleep(0.1)
+
+
+# -- a COLO host installed in a container (units/README.md) -----------------
+
+GUEST_PATH = "/usr/share/colo/colo-guest.elf"
+
+
+def blockd_state(instance: str) -> str:
+    """blockd's state directory of an instance: the disk image lives there."""
+    return f"/var/lib/colo/{instance}/blockd"
+
+
+def host_configuration(instance: str, host: str, role: str, listen: str, peer: str,
+                       witness: str | None = None, heartbeat_timeout: str = "400ms") -> str:
+    """/etc/colo/INSTANCE.conf of one installed host: the format coloctl up
+    writes, with the paths units/README.md installs to."""
+    witness_line = f"witness = {witness}\n" if witness else ""
+    return f"""[pair]
+name = {instance}
+host = host-{host}
+role = {role}
+listen = {listen}
+peer = {peer}
+key-file = /etc/colo/{instance}.key
+{witness_line}
+[guest]
+kernel = {GUEST_PATH}
+command-line = ip=10.0.2.15/24
+memory = 64M
+vcpus = 1
+disk = {blockd_state(instance)}/disk.img
+
+[network]
+tap = tap0
+guest-mac = 52:54:00:c0:10:01
+guest-ip = 10.0.2.15
+
+[checkpoint]
+max-interval = 2s
+compare-timeout = 200ms
+queue-limit = 4096
+ram-channels = 2
+
+[heartbeat]
+interval = 100ms
+timeout = {heartbeat_timeout}
+"""
+
+
+def install_disk(container: "Container", instance: str) -> None:
+    """blockd's state directory (group-writable for supervisord's overlay
+    clean-up) with an empty 1 MiB disk image only blockd may read."""
+    state = blockd_state(instance)
+    container.run(f"install -d -o colo-blockd -g colo-blockd -m 0770 {state} && "
+                  f"truncate -s 1M {state}/disk.img && chown colo-blockd:colo-blockd {state}/disk.img && "
+                  f"chmod 0600 {state}/disk.img")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -46,13 +45,11 @@ INSTANCE = "ha"
 HOSTS = ("a", "b")
 PREFIX = "colo-n"
 NAMESPACES = [f"{PREFIX}{h}" for h in HOSTS] + [f"{PREFIX}client", f"{PREFIX}lan", f"{PREFIX}w"]
-GUEST_IP = "10.0.2.15"
 CLIENT_IP = "10.0.2.2"
 LIBEXEC = "/usr/local/libexec/colo"
 COLOCTL = f"{LIBEXEC}/coloctl"
 RUNTIME = f"/run/colo/{INSTANCE}"
-GUEST = "/usr/share/colo/colo-guest.elf"
-BLOCKD_STATE = f"/var/lib/colo/{INSTANCE}/blockd"
+GUEST = nspawn.GUEST_PATH
 SUPERVISOR = f"colo-supervisord@{INSTANCE}.service"
 
 
@@ -114,41 +111,12 @@ def create_network() -> None:
 
 
 def configuration(host: str, role: str) -> str:
-    """/etc/colo/ha.conf of one host: the format coloctl up writes
-    (units/README.md), with the installed paths of units/."""
+    """/etc/colo/ha.conf of one host of the pair, with its witness."""
     other = "b" if host == "a" else "a"
-    return f"""# Host {host} of the nspawn pair (test_pair_nspawn.py).
-[pair]
-name = {INSTANCE}
-host = host-{host}
-role = {role}
-listen = {replication_address(host)}:7400
-peer = {replication_address(other)}:7400
-key-file = /etc/colo/{INSTANCE}.key
-witness = {witness_address(host)}:7500
-
-[guest]
-kernel = {GUEST}
-command-line = ip={GUEST_IP}/24
-memory = 64M
-vcpus = 1
-disk = {BLOCKD_STATE}/disk.img
-
-[network]
-tap = tap0
-guest-mac = 52:54:00:c0:10:01
-guest-ip = {GUEST_IP}
-
-[checkpoint]
-max-interval = 2s
-compare-timeout = 200ms
-queue-limit = 4096
-ram-channels = 2
-
-[heartbeat]
-interval = 100ms
-timeout = 500ms
-"""
+    return (f"# Host {host} of the nspawn pair (test_pair_nspawn.py).\n"
+            + nspawn.host_configuration(INSTANCE, host, role, listen=f"{replication_address(host)}:7400",
+                                        peer=f"{replication_address(other)}:7400",
+                                        witness=f"{witness_address(host)}:7500", heartbeat_timeout="500ms"))
 
 
 class Deployment:
@@ -208,9 +176,7 @@ class Deployment:
         conf = self.dir / f"host-{host}.conf"
         conf.write_text(configuration(host, role))
         c.install(conf, f"/etc/colo/{INSTANCE}.conf")
-        c.run(f"install -d -o colo-blockd -g colo-blockd -m 0770 {BLOCKD_STATE} && "
-              f"truncate -s 1M {BLOCKD_STATE}/disk.img && chown colo-blockd:colo-blockd {BLOCKD_STATE}/disk.img && "
-              f"chmod 0600 {BLOCKD_STATE}/disk.img")
+        nspawn.install_disk(c, INSTANCE)
         # The host's network set-up: a persistent tap supervisord may
         # attach to without a capability (units/README.md).
         uid = c.run(["id", "-u", "colo-supervisord"]).stdout.strip()

@@ -106,39 +106,9 @@ def provision_secondary(c) -> None:
     persistent tap owned by colo-supervisord. The host is a secondary whose
     peer never comes: supervisord starts, serves and waits, which is all
     these tests look at (test_pair_nspawn.py runs a pair)."""
-    c.run(f"install -d -o colo-blockd -g colo-blockd -m 0770 /var/lib/colo/{INSTANCE}/blockd && "
-          f"truncate -s 1M /var/lib/colo/{INSTANCE}/blockd/disk.img && "
-          f"chown colo-blockd:colo-blockd /var/lib/colo/{INSTANCE}/blockd/disk.img")
-    c.run(f"cat > /etc/colo/{INSTANCE}.conf", input=f"""[pair]
-name = {INSTANCE}
-host = host-b
-role = secondary
-listen = 127.0.0.1:7400
-peer = 127.0.0.2:7400
-key-file = /etc/colo/{INSTANCE}.key
-
-[guest]
-kernel = /usr/share/colo/colo-guest.elf
-command-line = ip=10.0.2.15/24
-memory = 64M
-vcpus = 1
-disk = /var/lib/colo/{INSTANCE}/blockd/disk.img
-
-[network]
-tap = tap0
-guest-mac = 52:54:00:c0:10:01
-guest-ip = 10.0.2.15
-
-[checkpoint]
-max-interval = 2s
-compare-timeout = 200ms
-queue-limit = 4096
-ram-channels = 2
-
-[heartbeat]
-interval = 100ms
-timeout = 400ms
-""")
+    nspawn.install_disk(c, INSTANCE)
+    c.run(f"cat > /etc/colo/{INSTANCE}.conf",
+          input=nspawn.host_configuration(INSTANCE, "b", "secondary", listen="127.0.0.1:7400", peer="127.0.0.2:7400"))
     uid = c.run(["id", "-u", "colo-supervisord"]).stdout.strip()
     subprocess.run(["nsenter", "-t", str(c.leader), "-n", "ip", "tuntap", "add", "dev", "tap0", "mode", "tap",
                     "user", uid], check=True)
