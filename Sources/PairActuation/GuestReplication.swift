@@ -187,16 +187,14 @@ public final class GuestReplication: PairActuator {
     }
 
     public func standDown() {
-        let frames = shared.withLock { shared -> FileDescriptor? in
+        shared.withLock { shared in
             shared.lockstep = false
             shared.abandoned = true
             shared.runningAlone = false
             shared.proxyAttached = false
             shared.framesLink = nil
-            defer { shared.frames = nil }
-            return shared.frames
         }
-        try? frames?.close()
+        replaceFrames(nil)
         checkpointLock.withLock { _ in
             do {
                 try guest.release()
@@ -341,8 +339,9 @@ public final class GuestReplication: PairActuator {
 
     // MARK: - Helpers
 
-    /// The proxyd end of a new VM's frame socket; the old one is closed.
-    func replaceFrames(_ frames: FileDescriptor) {
+    /// The proxyd end of a new VM's frame socket (nil: the VM is gone);
+    /// the old one is closed.
+    func replaceFrames(_ frames: FileDescriptor?) {
         let previous = shared.withLock { shared -> FileDescriptor? in
             defer { shared.frames = frames }
             return shared.frames
